@@ -1,0 +1,3 @@
+from flumed.cli import main
+
+raise SystemExit(main())

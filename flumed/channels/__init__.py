@@ -1,0 +1,1 @@
+"""Channels: where events wait, inside transactions, between sources and sinks."""

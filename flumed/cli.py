@@ -1,0 +1,230 @@
+"""The `flumed` command: agent, validate, convert (and send, for Avro RPC)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from flumed import registry, systemd
+from flumed.agent import DEFAULT_GRACE, Agent
+from flumed.config.graph import AgentSpec, agent_names, build_agent
+from flumed.config.loader import load_document
+from flumed.config.properties import parse_properties, properties_to_document, to_toml
+from flumed.errors import ComponentStartError, ConfigError
+from flumed.metrics import MetricsServer
+
+log = logging.getLogger("flumed")
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd, journald stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def load_spec(path: str, name: str | None) -> AgentSpec:
+    """Raises ConfigError."""
+    return build_agent(load_document(path), name, str(path))
+
+
+class AgentProcess:
+    """The daemon: one agent, its metrics endpoint, signals and systemd notifications."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop_event = asyncio.Event()
+        self.agent: Agent | None = None
+        self.metrics: MetricsServer | None = None
+        self._signals = 0
+        self._reloads: asyncio.Queue[None] = asyncio.Queue()
+
+    def _on_stop_signal(self, signame: str) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("Second %s: stopping at once.", signame)
+            os._exit(1)
+        log.info("Received %s: stopping gracefully (send again to stop at once).", signame)
+        self.stop_event.set()
+
+    async def run(self) -> int:
+        args = self.args
+        try:
+            spec = load_spec(args.file, args.name)
+        except ConfigError as e:
+            for p in e.problems:
+                log.error("%s", p)
+            return 2
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._reloads.put_nowait, None)
+        self.agent = Agent(spec, grace=args.grace)
+        try:
+            await self.agent.start()
+        except ComponentStartError as e:
+            log.error("%s", e)
+            return 1
+        if args.metrics_port is not None:
+            self.metrics = MetricsServer(
+                args.metrics_bind, args.metrics_port, spec.name, self._counters, self._health
+            )
+            try:
+                await self.metrics.start()
+            except OSError as e:
+                log.error("Metrics endpoint on port %s failed to start: %s", args.metrics_port, e)
+                await self.agent.stop()
+                return 1
+        # Everything built at start-up lives as long as the process: keep it out of
+        # the cyclic collector's generations (DESIGN.md, performance notes).
+        gc.collect()
+        gc.freeze()
+        systemd.notify("READY=1")
+        tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
+        interval = systemd.watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(systemd.watchdog(interval, self.stop_event)))
+        await self.stop_event.wait()
+        systemd.notify("STOPPING=1")
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.metrics is not None:
+            await self.metrics.stop()
+        await self.agent.stop()
+        return 0
+
+    def _counters(self) -> list:
+        return self.agent.counters() if self.agent else []
+
+    def _health(self) -> dict[str, str]:
+        return self.agent.health() if self.agent else {}
+
+    async def _reload_loop(self) -> None:
+        assert self.agent is not None
+        while True:
+            await self._reloads.get()
+            systemd.notify("RELOADING=1")
+            log.info("Received SIGHUP: reloading %s.", self.args.file)
+            try:
+                spec = load_spec(self.args.file, self.agent.name)
+            except ConfigError as e:
+                log.error("Reload refused; the running configuration stays. Errors:")
+                for p in e.problems:
+                    log.error("%s", p)
+                systemd.notify("READY=1")
+                continue
+            try:
+                await self.agent.reload(spec)
+            except ComponentStartError as e:
+                log.error("Reload incomplete: %s", e)
+            systemd.notify("READY=1")
+
+
+def _install_loop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    _install_loop()
+    # Events hold no cycles; collect rarely (DESIGN.md, performance notes).
+    gc.set_threshold(50_000, 50, 100)
+    return asyncio.run(AgentProcess(args).run())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    if args.list_types:
+        for kind, table in registry.TABLES.items():
+            print(f"{kind}:")
+            for name, path in table.items():
+                print(f"  {name:20} {path}")
+        return 0
+    if not args.file:
+        print("flumed validate: -f FILE is required", file=sys.stderr)
+        return 2
+    try:
+        doc = load_document(args.file)
+    except ConfigError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 1
+    names = [args.name] if args.name else agent_names(doc)
+    if not names:
+        print(f"{args.file}: no agents defined", file=sys.stderr)
+        return 1
+    problems: list[str] = []
+    for n in names:
+        try:
+            build_agent(doc, n, args.file)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK ({', '.join(names)})")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except OSError as e:
+        print(f"{args.file}: cannot read: {e.strerror}", file=sys.stderr)
+        return 1
+    parse_properties(text)
+    sys.stdout.write(to_toml(properties_to_document(text)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flumed", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="run one agent")
+    a.add_argument("-f", "--conf-file", dest="file", required=True)
+    a.add_argument("-n", "--name", default=None, help="agent name (optional with one agent)")
+    a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
+    a.add_argument("--log-level", default=os.environ.get("FLUMED_LOG_LEVEL", "INFO"))
+    a.set_defaults(func=cmd_agent)
+
+    v = sub.add_parser("validate", help="check a configuration without starting it")
+    v.add_argument("-f", "--conf-file", dest="file")
+    v.add_argument("-n", "--name", default=None)
+    v.add_argument("--list-types", action="store_true", help="print the component types")
+    v.set_defaults(func=cmd_validate)
+
+    c = sub.add_parser("convert", help="print a Flume .properties file as TOML")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_convert)
+
+    _add_plugin_commands(sub)
+    return p
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands that live beside their component (e.g. `send` in flumed.rpc)."""
+    with contextlib.suppress(ImportError):
+        from flumed.rpc.send import add_parser
+
+        add_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,1 @@
+"""Configuration: loading (TOML, Flume properties), per-component keys, graph checks."""

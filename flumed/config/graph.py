@@ -1,0 +1,289 @@
+"""From a loaded document to a checked agent graph (pure: no sockets, no files).
+
+`build_agent(doc, agent, where)` resolves every component's type, parses its keys
+with its own Config, checks the cross-references, and raises one ConfigError that
+lists every problem found, each naming the file, the agent, the component and the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flumed import registry
+from flumed.config.keys import flatten, group_named, parse
+from flumed.errors import ConfigError
+from flumed.routing.selectors import SelectorConfig
+
+log = logging.getLogger("flumed.config")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One configured component: its class, parsed Config, and raw keys (for reload)."""
+
+    name: str
+    type: str
+    cls: type
+    config: Any
+    raw: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class InterceptorSpec:
+    name: str
+    cls: type
+    config: Any
+
+
+@dataclass(frozen=True)
+class SourceSpec(ComponentSpec):
+    channels: tuple[str, ...] = ()
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    interceptors: tuple[InterceptorSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class SinkSpec(ComponentSpec):
+    channel: str = ""
+
+
+@dataclass(frozen=True)
+class SinkGroupSpec:
+    name: str
+    sinks: tuple[str, ...]
+    processor_cls: type
+    config: Any
+    raw: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    sources: dict[str, SourceSpec]
+    channels: dict[str, ComponentSpec]
+    sinks: dict[str, SinkSpec]
+    sinkgroups: dict[str, SinkGroupSpec]
+
+
+def _freeze(flat: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in flat.items())
+
+
+def _section(agent: Mapping[str, Any], name: str, problems: list[str], where: str) -> dict:
+    sec = agent.get(name, {})
+    if isinstance(sec, str):  # `a1.sinks = k1 k2` listed with no keys at all
+        return {n: {} for n in sec.split()}
+    if not isinstance(sec, Mapping):
+        problems.append(f"{where}: '{name}' must be a table of components")
+        return {}
+    return dict(sec)
+
+
+def _names(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return v.split()
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    return []
+
+
+def agent_names(doc: Mapping[str, Any]) -> list[str]:
+    agents = doc.get("agents")
+    return list(agents) if isinstance(agents, Mapping) else []
+
+
+def _component(
+    kind: str, name: str, section: Any, where: str, problems: list[str], drop: tuple[str, ...]
+) -> tuple[ComponentSpec | None, dict[str, Any]]:
+    """Resolve and parse one component; returns its spec and its full flat keys."""
+    cwhere = f"{where}: {kind[:-1]} {name}"
+    if not isinstance(section, Mapping):
+        problems.append(f"{cwhere}: must be a table of keys")
+        return None, {}
+    flat = flatten(section)
+    t = flat.get("type")
+    if not isinstance(t, str) or not t:
+        problems.append(f"{cwhere}: missing required key 'type'")
+        return None, flat
+    try:
+        cls = registry.resolve(kind, t)
+    except registry.UnknownTypeError as e:
+        problems.append(f"{cwhere}: key 'type': {e}")
+        return None, flat
+    own = {
+        k: v
+        for k, v in flat.items()
+        if k != "type" and not any(k == d or k.startswith(d + ".") for d in drop)
+    }
+    try:
+        config = parse(cls.Config, own, cwhere)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return None, flat
+    return ComponentSpec(name, t, cls, config, _freeze(flat)), flat
+
+
+def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
+    """Check and build one agent of a document.
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    names = agent_names(doc)
+    if agent is None:
+        if len(names) != 1:
+            raise ConfigError(
+                f"{where}: the file holds {len(names)} agents ({', '.join(names) or 'none'}); "
+                "pick one with -n NAME"
+            )
+        agent = names[0]
+    if agent not in names:
+        raise ConfigError(
+            f"{where}: no agent named {agent!r} (agents in the file: {', '.join(names) or 'none'})"
+        )
+    a = doc["agents"][agent]
+    where = f"{where}: agent {agent}"
+    problems: list[str] = []
+    if not isinstance(a, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    for k in a:
+        if k not in ("sources", "channels", "sinks", "sinkgroups"):
+            problems.append(f"{where}: unknown key '{k}'")
+
+    channels: dict[str, ComponentSpec] = {}
+    for name, sec in _section(a, "channels", problems, where).items():
+        spec, _ = _component("channels", name, sec, where, problems, ())
+        if spec is not None:
+            channels[name] = spec
+    declared_channels = set(_section(a, "channels", [], where))
+
+    sources: dict[str, SourceSpec] = {}
+    for name, sec in _section(a, "sources", problems, where).items():
+        swhere = f"{where}: source {name}"
+        spec, flat = _component(
+            "sources", name, sec, where, problems, ("channels", "selector", "interceptors")
+        )
+        chans = _names(flat.get("channels"))
+        if not chans:
+            problems.append(f"{swhere}: missing required key 'channels' (a source needs a channel)")
+        for c in chans:
+            if c not in declared_channels:
+                problems.append(f"{swhere}: key 'channels': no channel named {c!r}")
+        sel_flat = {k[9:]: v for k, v in flat.items() if k.startswith("selector.")}
+        selector = SelectorConfig()
+        try:
+            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
+            for c in sorted(selector.channel_names() - set(chans)):
+                problems.append(
+                    f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
+                )
+        except ConfigError as e:
+            problems.extend(e.problems)
+        icpts: list[InterceptorSpec] = []
+        i_flat = {k[13:]: v for k, v in flat.items() if k.startswith("interceptors.")}
+        if isinstance(flat.get("interceptors"), str) and not i_flat:
+            problems.append(f"{swhere}: interceptors {flat['interceptors']!r} have no settings")
+        for iname, ikeys in group_named(i_flat).items():
+            iwhere = f"{swhere}: interceptor {iname}"
+            itype = ikeys.get("type")
+            if not isinstance(itype, str):
+                problems.append(f"{iwhere}: missing required key 'type'")
+                continue
+            try:
+                icls = registry.resolve("interceptors", itype)
+                iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
+                icpts.append(InterceptorSpec(iname, icls, iconf))
+            except registry.UnknownTypeError as e:
+                problems.append(f"{iwhere}: key 'type': {e}")
+            except ConfigError as e:
+                problems.extend(e.problems)
+        if spec is not None:
+            sources[name] = SourceSpec(
+                spec.name,
+                spec.type,
+                spec.cls,
+                spec.config,
+                spec.raw,
+                channels=tuple(chans),
+                selector=selector,
+                interceptors=tuple(icpts),
+            )
+
+    sinks: dict[str, SinkSpec] = {}
+    declared_sinks = set(_section(a, "sinks", [], where))
+    for name, sec in _section(a, "sinks", problems, where).items():
+        spec, flat = _component("sinks", name, sec, where, problems, ("channel",))
+        ch = flat.get("channel")
+        if not isinstance(ch, str) or not ch:
+            problems.append(f"{where}: sink {name}: missing required key 'channel'")
+            ch = ""
+        elif ch not in declared_channels:
+            problems.append(f"{where}: sink {name}: key 'channel': no channel named {ch!r}")
+        if spec is not None:
+            sinks[name] = SinkSpec(
+                spec.name, spec.type, spec.cls, spec.config, spec.raw, channel=ch
+            )
+
+    groups: dict[str, SinkGroupSpec] = {}
+    grouped: dict[str, str] = {}
+    for name, sec in _section(a, "sinkgroups", problems, where).items():
+        gwhere = f"{where}: sinkgroup {name}"
+        flat = flatten(sec) if isinstance(sec, Mapping) else {}
+        members = _names(flat.get("sinks"))
+        if not members:
+            problems.append(f"{gwhere}: missing required key 'sinks'")
+        for s in members:
+            if s not in declared_sinks:
+                problems.append(f"{gwhere}: key 'sinks': no sink named {s!r}")
+            elif s in grouped:
+                problems.append(f"{gwhere}: sink {s!r} is already in sinkgroup {grouped[s]!r}")
+            else:
+                grouped[s] = name
+        pflat = {k[10:]: v for k, v in flat.items() if k.startswith("processor.")}
+        for k in flat:
+            if k != "sinks" and not k.startswith("processor."):
+                problems.append(f"{gwhere}: unknown key '{k}'")
+        ptype = str(pflat.get("type", "default"))
+        try:
+            pcls = registry.resolve("sinkprocessors", ptype)
+        except registry.UnknownTypeError as e:
+            problems.append(f"{gwhere}: key 'processor.type': {e}")
+            continue
+        pconf = None
+        if pcls.Config is not None:
+            try:
+                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor")
+            except ConfigError as e:
+                problems.extend(e.problems)
+                continue
+        elif set(pflat) - {"type"}:
+            problems.append(f"{gwhere}: processor {ptype} takes no keys")
+        groups[name] = SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
+
+    _check_resources(sources, where, problems)
+    if problems:
+        raise ConfigError(problems)
+    used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
+    for c in channels:
+        if c not in used:
+            log.warning("%s: channel %s is connected to nothing.", where, c)
+    return AgentSpec(agent, sources, channels, sinks, groups)
+
+
+def _check_resources(sources: Mapping[str, SourceSpec], where: str, problems: list[str]) -> None:
+    """No two sources may listen on the same port (Vector's `resources()` check)."""
+    seen: dict[tuple[str, int], str] = {}
+    for s in sources.values():
+        port = getattr(s.config, "port", None)
+        if not isinstance(port, int) or port == 0:
+            continue
+        proto = "udp" if "udp" in s.type.lower() else "tcp"
+        if (proto, port) in seen:
+            problems.append(
+                f"{where}: source {s.name}: key 'port': {proto} port {port} is already used by "
+                f"source {seen[(proto, port)]}"
+            )
+        seen[(proto, port)] = s.name

@@ -1,0 +1,243 @@
+"""Declaring and validating a component's configuration keys, in Flume's spelling.
+
+A component declares a frozen dataclass whose fields are its keys::
+
+    @dataclass(frozen=True, slots=True)
+    class Config:
+        capacity: int = key(100, ge=1)
+        keep_alive: float = key(3.0, name="keep-alive", ge=0)
+        mapping: dict[str, str] = prefix("selector.mapping")
+
+`parse(Config, flat, where)` turns a flat mapping of dotted Flume keys into that
+dataclass, converting the strings a `.properties` file gives, and raises one
+ConfigError listing every unknown key, missing key and bad value. Nothing falls
+back silently to a default on bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from flumed.errors import ConfigError
+
+log = logging.getLogger("flumed.config")
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def key(
+    default: Any = _MISSING,
+    *,
+    name: str | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    aliases: tuple[str, ...] = (),
+    doc: str = "",
+) -> Any:
+    """Declare one key. `name` is the Flume key when it is not the field's name."""
+    meta = {"name": name, "ge": ge, "le": le, "aliases": aliases, "doc": doc}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def prefix(name: str, *, doc: str = "") -> Any:
+    """Declare a family of keys `name.*`, collected into a dict of the remainders."""
+    meta = {"name": name, "prefix": True, "doc": doc}
+    return dataclasses.field(default_factory=dict, metadata=meta)
+
+
+def ignored(*names: str) -> dict[str, str]:
+    """Flume keys accepted for compatibility that have no meaning here (warned about)."""
+    return dict.fromkeys(names, "has no meaning in flumed and is ignored")
+
+
+def flatten(section: Mapping[str, Any], base: str = "") -> dict[str, Any]:
+    """Flatten nested tables into dotted keys, keeping order. Lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in section.items():
+        full = f"{base}.{k}" if base else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, full))
+        else:
+            out[full] = v
+    return out
+
+
+def group_named(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group `{"i1.type": x, "i1.regex": y, "i2.type": z}` by first segment, in order.
+
+    A bare `{"f1": "/path"}` becomes `{"f1": {"": "/path"}}`.
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for k, v in flat.items():
+        head, _, rest = k.partition(".")
+        groups.setdefault(head, {})[rest] = v
+    return groups
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is list:
+        return "a list of strings"
+    return str(tp)
+
+
+def convert_value(tp: Any, value: Any) -> Any:
+    """Convert `value` to `tp`, accepting the strings of a properties file.
+
+    Raises:
+        ValueError: with a message saying what was expected.
+    """
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return convert_value(args[0], value)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        if isinstance(value, str):
+            for c in choices:
+                if isinstance(c, str) and c.lower() == value.lower():
+                    return c
+        raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError("expected an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError("expected a number")
+    if tp is str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        raise ValueError("expected a string")
+    if origin is list:
+        if isinstance(value, str):
+            return value.split()
+        if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+            return [str(v) for v in value]
+        raise ValueError("expected a list of strings")
+    if origin is dict or tp is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise ValueError("expected a table")
+    return value
+
+
+def key_names(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """The Flume key name of every field of a config dataclass."""
+    return {f.metadata.get("name") or f.name: f for f in dataclasses.fields(cls)}
+
+
+def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
+    """Build config dataclass `cls` from flat dotted keys.
+
+    Raises:
+        ConfigError: listing every problem, each prefixed with `where`.
+    """
+    problems: list[str] = []
+    hints = typing.get_type_hints(cls)
+    ignored_keys: Mapping[str, str] = getattr(cls, "IGNORED", {})
+    values: dict[str, Any] = {}
+    used: set[str] = set()
+    prefixes: list[tuple[str, dataclasses.Field[Any]]] = []
+    for fname, f in key_names(cls).items():
+        if f.metadata.get("prefix"):
+            prefixes.append((fname, f))
+            continue
+        names = (fname, *f.metadata.get("aliases", ()))
+        found = [n for n in names if n in flat]
+        if not found:
+            if f.default is _MISSING and f.default_factory is _MISSING:
+                problems.append(f"{where}: missing required key '{fname}'")
+            continue
+        used.update(found)
+        raw = flat[found[0]]
+        try:
+            v = convert_value(hints[f.name], raw)
+        except ValueError as e:
+            problems.append(f"{where}: key '{found[0]}': {e}, got {raw!r}")
+            continue
+        ge, le = f.metadata.get("ge"), f.metadata.get("le")
+        if ge is not None and v is not None and v < ge:
+            problems.append(f"{where}: key '{found[0]}': must be >= {ge}, got {raw!r}")
+            continue
+        if le is not None and v is not None and v > le:
+            problems.append(f"{where}: key '{found[0]}': must be <= {le}, got {raw!r}")
+            continue
+        values[f.name] = v
+    # Longest prefix first, so `kafka.producer` wins over `kafka`.
+    prefixes.sort(key=lambda p: -len(p[0]))
+    for k in flat:
+        if k in used:
+            continue
+        for pname, f in prefixes:
+            if k == pname or k.startswith(pname + "."):
+                values.setdefault(f.name, {})[k[len(pname) + 1 :]] = flat[k]
+                used.add(k)
+                break
+    for k in flat:
+        if k in used:
+            continue
+        if k in ignored_keys:
+            log.warning("%s: key '%s' %s.", where, k, ignored_keys[k])
+            continue
+        problems.append(f"{where}: unknown key '{k}'")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        obj = cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    check = getattr(obj, "check", None)
+    if check is not None:
+        errs = check()
+        if errs:
+            raise ConfigError([f"{where}: {e}" for e in errs])
+    return obj

@@ -1,0 +1,1 @@
+"""Interceptors: per-batch transformations and filters run by the channel processor."""

@@ -1,0 +1,1 @@
+"""Routing: the channel processor and channel selectors."""

@@ -1,0 +1,1 @@
+"""Sinks: drain a channel to the next hop, committing only what the next hop holds."""

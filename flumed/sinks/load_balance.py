@@ -1,0 +1,70 @@
+"""Sink processor `load_balance`: spread batches over sinks, round_robin or random.
+
+Keys (under `processor.`): `selector` (round_robin | random), `backoff` (set failed
+sinks aside with exponential backoff), `selector.maxTimeOut` (ms, the backoff cap).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from flumed.config.keys import key
+from flumed.errors import DeliveryError, FlumedError
+from flumed.sinks.base import Sink, Status
+from flumed.sinks.runner import SinkProcessor
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalanceConfig:
+    type: Literal["load_balance"] = key("load_balance")
+    selector: Literal["round_robin", "random"] = key("round_robin")
+    backoff: bool = key(False)
+    maxTimeOut: int = key(30000, name="selector.maxTimeOut", aliases=("maxTimeOut",), ge=0)
+
+
+class LoadBalancingSinkProcessor(SinkProcessor):
+    Config = LoadBalanceConfig
+    config: LoadBalanceConfig
+
+    def __init__(self, name: str, sinks: Sequence[Sink], config: LoadBalanceConfig) -> None:
+        super().__init__(name, sinks, config)
+        self._next = 0
+        self._failures: dict[str, int] = {s.name: 0 for s in sinks}
+        self._until: dict[str, float] = {s.name: 0.0 for s in sinks}
+
+    def _order(self) -> list[Sink]:
+        if self.config.selector == "random":
+            order = list(self.sinks)
+            random.shuffle(order)
+        else:
+            i = self._next % len(self.sinks)
+            self._next = i + 1
+            order = self.sinks[i:] + self.sinks[:i]
+        if self.config.backoff:
+            now = time.monotonic()
+            order = [s for s in order if self._until[s.name] <= now]
+        return order
+
+    async def process(self) -> Status:
+        errors: list[str] = []
+        for s in self._order():
+            try:
+                status = await s.process()
+            except FlumedError as e:
+                errors.append(f"{s.name}: {e}")
+                if self.config.backoff:
+                    n = self._failures[s.name] = self._failures[s.name] + 1
+                    cap = self.config.maxTimeOut / 1000
+                    self._until[s.name] = time.monotonic() + min(cap, float(1 << min(n, 30)))
+                continue
+            self._failures[s.name] = 0
+            return status
+        raise DeliveryError(
+            f"All sinks of group {self.name} failed: " + "; ".join(errors)
+            if errors
+            else f"All sinks of group {self.name} are backed off."
+        )

@@ -1,0 +1,103 @@
+"""The source contracts: event-driven sources and pollable sources with their runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from typing import Any
+
+from flumed.lifecycle import Component, LifecycleState
+from flumed.metrics import SourceCounter
+from flumed.routing.processor import ChannelProcessor
+
+log = logging.getLogger("flumed.sources")
+
+
+class Status(enum.Enum):
+    """What a `process()` call reports, as Flume's PollableSource/Sink.Status."""
+
+    READY = "READY"
+    BACKOFF = "BACKOFF"
+
+
+class Source(Component):
+    """Takes events from the outside and hands batches to `self.processor`.
+
+    The agent sets `processor` before `start()`. An event-driven source binds in
+    `start()` (so a bind error fails the start) and, in `stop()`, stops accepting,
+    then finishes what is in flight. When `processor.process_batch` raises a
+    ChannelError the source must push back on its sender, never drop.
+    """
+
+    processor: ChannelProcessor
+
+    def __init__(self, name: str, config: Any) -> None:
+        super().__init__(name, config)
+        self.counter = SourceCounter(name)
+
+    async def start(self) -> None:
+        await super().start()
+        self.counter.start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.counter.stop()
+
+
+class PollableSource(Source):
+    """A source driven by a runner task that calls `process()` in a loop.
+
+    `process()` returns READY when it may be called again at once, BACKOFF when it
+    had nothing to do; the runner then waits min(n * backoffSleepIncrement,
+    maxBackoffSleep) milliseconds (Flume's PollableSourceRunner).
+    """
+
+    backoff_increment_ms = 1000
+    max_backoff_ms = 5000
+
+    def __init__(self, name: str, config: Any) -> None:
+        super().__init__(name, config)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def process(self) -> Status:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await super().start()
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"source-{self.name}")
+
+    async def _run(self) -> None:
+        consecutive = 0
+        while not self._stopping.is_set():
+            try:
+                status = await self.process()
+            except Exception:
+                log.exception("Source %s: process() failed; backing off.", self.name)
+                self.counter.GenericProcessingFail += 1
+                status = Status.BACKOFF
+                consecutive = max(consecutive, self.max_backoff_ms // self.backoff_increment_ms)
+            if status is Status.READY:
+                consecutive = 0
+                continue
+            consecutive += 1
+            delay = min(consecutive * self.backoff_increment_ms, self.max_backoff_ms) / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            # A process() call in flight finishes its batch; a stuck one is cancelled.
+            done, _ = await asyncio.wait({task}, timeout=5)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self.state = LifecycleState.FAILED
+        await super().stop()
