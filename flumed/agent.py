@@ -163,7 +163,7 @@ class Agent:
         await _stop_all([self.sources.pop(n) for n in src_restart])
         runners = [self.runners.pop(n) for n in run_restart if n in self.runners]
         # Runners being replaced only finish their current batch: no draining.
-        await asyncio.gather(*(r.stop(0.0) for r in runners))
+        await asyncio.gather(*(r.stop(self.grace, drain=False) for r in runners))
         await _stop_all([self.sinks.pop(n) for n in sink_restart])
         retired: list[Channel] = []
         for n in ch_changed:

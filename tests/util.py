@@ -163,3 +163,69 @@ def write_conf(path: Path, text: str) -> Path:
 
 def metrics_value(m: dict[str, Any], comp: str, key: str) -> int:
     return int(float(m[comp][key]))
+
+
+class AckingSender:
+    """Sends numbered lines to a netcat source with ack-every-event, resending whatever
+    was not acknowledged when the connection drops (the agent restarted or reloaded).
+
+    Runs in a thread-free blocking style; call `send_range` from a worker thread or
+    directly. `acked` counts acknowledged lines; `failed` counts FAILED answers (resent).
+    """
+
+    def __init__(self, port: int, window: int = 1000) -> None:
+        self.port = port
+        self.window = window
+        self.acked = 0
+        self.failed = 0
+        self.reconnects = 0
+
+    def _connect(self, deadline: float) -> socket.socket:
+        while True:
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+                return s
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def send_range(self, start: int, stop: int, timeout: float = 120.0) -> None:
+        """Deliver every number in [start, stop) with an `OK`, resending as needed."""
+        deadline = time.monotonic() + timeout
+        pending = list(range(start, stop))
+        while pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(pending)} lines never acknowledged")
+            s = self._connect(deadline)
+            unacked: list[int] = []  # sent on this connection, no answer yet
+            refused: list[int] = []  # answered FAILED: to send again
+            try:
+                f = s.makefile("rb")
+                while pending:
+                    unacked, pending = pending[: self.window], pending[self.window :]
+                    s.sendall(b"".join(b"%d\n" % n for n in unacked))
+                    while unacked:
+                        line = f.readline()
+                        if not line:
+                            raise ConnectionResetError("closed by the agent")
+                        n = unacked.pop(0)
+                        if line == b"OK\n":
+                            self.acked += 1
+                        else:
+                            self.failed += 1
+                            refused.append(n)
+                    pending, refused = refused + pending, []
+            except OSError:
+                self.reconnects += 1
+                pending = refused + unacked + pending
+            finally:
+                s.close()
+
+
+def read_numbers(path: Path) -> list[int]:
+    out: list[int] = []
+    for p in sorted(path.parent.glob(path.name)) if "*" in path.name else [path]:
+        if p.exists():
+            out += [int(x) for x in p.read_bytes().split()]
+    return out

@@ -57,6 +57,7 @@ class SinkRunner:
         self.processor = processor
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._drain = True
         self._last_error_log = 0.0
         self.failures = 0
 
@@ -93,8 +94,8 @@ class SinkRunner:
                     return
                 continue
             consecutive = 0
-            if status is Status.BACKOFF and self._stopping.is_set():
-                return  # drained
+            if self._stopping.is_set() and (status is Status.BACKOFF or not self._drain):
+                return  # drained, or asked to stop after this batch
 
     def _log_failure(self, e: Exception) -> None:
         # One line per failure streak every few seconds, not one per retry.
@@ -107,11 +108,12 @@ class SinkRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def stop(self, grace: float) -> None:
-        """Let the sinks drain their channels for up to `grace` seconds, then cancel.
-
-        Cancelling a sink mid-delivery rolls its take back, so nothing is lost.
+    async def stop(self, grace: float, drain: bool = True) -> None:
+        """Stop the runner: with `drain`, once the channels are empty; without, after the
+        batch in flight. Past `grace` seconds the task is cancelled, which rolls back
+        the sink's take, so nothing is lost.
         """
+        self._drain = drain
         self._stopping.set()
         task, self._task = self._task, None
         if task is None:
