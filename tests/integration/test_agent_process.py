@@ -142,12 +142,12 @@ def test_sighup_reload_under_load_loses_nothing(agent_factory, tmp_path):
     ]
     reloads = 0
     for v in variants:
-        wait_until_sync(lambda: sender.acked > (reloads + 1) * total // 6, timeout=120)
+        wait_until_sync(lambda n=reloads: sender.acked > (n + 1) * total // 6, timeout=120)
         agent.conf.write_text(v)
         agent.signal(signal.SIGHUP)
         reloads += 1
         wait_until_sync(
-            lambda: agent.log().count("reloaded.") >= reloads, timeout=60, what="reload done"
+            lambda n=reloads: agent.log().count("reloaded.") >= n, timeout=60, what="reload done"
         )
     t.join(300)
     assert not t.is_alive()

@@ -141,7 +141,7 @@ def test_several_agents_need_a_name(tmp_path):
 def test_invalid_toml_names_file(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[agents.a1\n")
-    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
         load_document(p)
 
 

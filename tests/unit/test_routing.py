@@ -102,7 +102,7 @@ async def test_multiplexing_optional_only_value_goes_to_default_as_required():
 def test_selector_config_errors():
     with pytest.raises(ConfigError, match="selector: key 'type'"):
         sel({"type": "broadcast"})
-    with pytest.raises(ConfigError, match="unknown key 'mappings.US'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'mappings\.US'"):
         sel({"type": "multiplexing", "mappings.US": "c1"})
 
 

@@ -72,7 +72,7 @@ async def test_failover_all_down_raises_and_keeps_events():
 
 
 async def test_load_balance_round_robin_spreads_batches():
-    ch, (k1, k2) = await setup(8)
+    _, (k1, k2) = await setup(8)
     conf = parse(LoadBalanceConfig, {"type": "load_balance", "selector": "round_robin"}, "g")
     p = LoadBalancingSinkProcessor("g1", [k1, k2], conf)
     for _ in range(4):
@@ -82,7 +82,7 @@ async def test_load_balance_round_robin_spreads_batches():
 
 
 async def test_load_balance_backoff_skips_failed_sink():
-    ch, (k1, k2) = await setup(8)
+    _, (k1, k2) = await setup(8)
     conf = parse(
         LoadBalanceConfig,
         {"type": "load_balance", "backoff": "true", "selector.maxTimeOut": "60000"},
@@ -97,7 +97,7 @@ async def test_load_balance_backoff_skips_failed_sink():
 
 
 async def test_load_balance_random_delivers_everything():
-    ch, (k1, k2) = await setup(8)
+    _, (k1, k2) = await setup(8)
     conf = parse(LoadBalanceConfig, {"type": "load_balance", "selector": "random"}, "g")
     p = LoadBalancingSinkProcessor("g1", [k1, k2], conf)
     for _ in range(4):
