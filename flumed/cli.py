@@ -22,6 +22,9 @@ from flumed.metrics import MetricsServer
 
 log = logging.getLogger("flumed")
 
+#: The embedded default agent: netcat on 127.0.0.1:44444 -> memory -> logger.
+DEFAULT_CONF = Path(__file__).with_name("default.toml")
+
 
 def setup_logging(level: str) -> None:
     # Under systemd, journald stamps each line itself.
@@ -195,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="run one agent")
-    a.add_argument("-f", "--conf-file", dest="file", required=True)
+    a.add_argument(
+        "-f",
+        "--conf-file",
+        dest="file",
+        default=str(DEFAULT_CONF),
+        help="TOML or Flume .properties file (default: the embedded netcat -> logger agent)",
+    )
     a.add_argument("-n", "--name", default=None, help="agent name (optional with one agent)")
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
