@@ -166,23 +166,28 @@ class Agent:
         await asyncio.gather(*(r.stop(self.grace, drain=False) for r in runners))
         await _stop_all([self.sinks.pop(n) for n in sink_restart])
         retired: list[Channel] = []
+        fresh: list[Channel] = []
         for n in ch_changed:
             oldch = self.channels.pop(n)
             if n in new.channels:
                 self.channels[n] = ch = self._make_channel(n)
+                fresh.append(ch)
                 adopt = getattr(ch, "adopt", None)
                 if adopt is not None:
                     adopt(oldch)
                 elif oldch.size:
-                    log.warning("Channel %s restarts; %d events stay in its store.", n, oldch.size)
+                    log.info("Channel %s restarts; its %d events stay in its store.", n, oldch.size)
             elif oldch.size:
                 log.warning("Channel %s was removed holding %d events.", n, oldch.size)
             retired.append(oldch)
+        # The old channel releases its store (a file channel's lock) before the new opens it.
         await _stop_all(retired)
         for n in new.channels:
             if n not in self.channels:
                 self.channels[n] = ch = self._make_channel(n)
-                await _start(ch, "channel")
+                fresh.append(ch)
+        for ch in fresh:
+            await _start(ch, "channel")
         for n in new.sinks:
             if n not in self.sinks:
                 self.sinks[n] = sink = self._make_sink(n)
