@@ -141,11 +141,17 @@ def _install_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def tune_gc() -> None:
+    """Events hold no cycles, so the cyclic collector rarely finds garbage but costs
+    ~20% of throughput at default thresholds (measured: seq -> memory -> null 1.54M vs
+    1.87M events/s). Collect far less often."""
+    gc.set_threshold(50_000, 50, 100)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     _install_loop()
-    # Events hold no cycles; collect rarely (DESIGN.md, performance notes).
-    gc.set_threshold(50_000, 50, 100)
+    tune_gc()
     return asyncio.run(AgentProcess(args).run())
 
 

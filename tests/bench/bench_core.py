@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from flumed.agent import Agent
+from flumed.cli import tune_gc
 from flumed.config.graph import build_agent
 
 SEQ_EVENTS = 2_000_000
@@ -47,6 +48,7 @@ def _seq_doc(total: int, batch: int) -> dict:
 
 async def _run_seq(total: int, batch: int) -> tuple[float, int]:
     agent = Agent(build_agent(_seq_doc(total, batch), "a1", "bench"))
+    tune_gc()  # as `flumed agent` does
     gc.collect()
     gc.freeze()
     t0 = time.perf_counter()
