@@ -108,3 +108,20 @@ def test_netcat_to_file_roll_avro_rolls_files(agent_factory, tmp_path: Path):
             records = list(fastavro.reader(fh))
         assert [r["body"] for r in records] == lines
         assert all(r["headers"] == {"origin": "nc"} for r in records)
+
+
+def test_drained_events_survive_sigkill_in_a_readable_avro_file(agent_factory, tmp_path: Path):
+    """What the sink committed is in the file, whole, when the agent is killed (-9)."""
+    port = free_port()
+    out = tmp_path / "out"
+    agent = agent_factory(conf(port, out, serializer="avro_event"))
+    sent = [b"k%d" % i for i in range(1000)]
+    send_lines(port, sent)
+    wait_until_sync(
+        lambda: agent.counter("SINK.k1", "EventDrainSuccessCount") == len(sent),
+        what="all events drained",
+    )
+    agent.kill()
+    (path,) = out.iterdir()
+    with path.open("rb") as fh:
+        assert [r["body"] for r in fastavro.reader(fh)] == sent
