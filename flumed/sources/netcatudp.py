@@ -89,6 +89,7 @@ class NetcatUdpSource(Source):
         self._dropped_since_log = 0
         self._last_drop_log = 0.0
         self._last_refusal_log = 0.0
+        self._last_error_log = 0.0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -198,6 +199,22 @@ class NetcatUdpSource(Source):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
+                continue
+            except Exception:
+                # Not the channel (e.g. an interceptor failed on this input): retrying
+                # would fail the same way, so the batch is dropped, counted and logged.
+                self._inflight = 0
+                counter.GenericProcessingFail += 1
+                counter.EventDroppedCount += len(batch)
+                now = time.monotonic()
+                if now - self._last_error_log >= DROP_LOG_INTERVAL:
+                    self._last_error_log = now
+                    log.exception(
+                        "Source %s: dropped a batch of %d events (%d dropped since start).",
+                        self.name,
+                        len(batch),
+                        counter.EventDroppedCount,
+                    )
                 continue
             self._inflight = 0
             delay = 0.1

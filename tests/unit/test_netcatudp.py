@@ -159,3 +159,21 @@ async def test_bind_error_fails_start():
         src = NetcatUdpSource("r1", cfg)
         with pytest.raises(OSError):
             await src.start()
+
+
+async def test_a_failing_interceptor_drops_only_its_batch(sender: socket.socket):
+    class Picky:
+        def intercept(self, events):
+            if any(e.body == b"poison" for e in events):
+                raise ValueError("cannot handle this")
+            return events
+
+    src, ch = await setup()
+    src.processor.interceptors.append(Picky())  # type: ignore[arg-type]
+    await send_paced(src, sender, [b"poison"])
+    await wait_until(lambda: src.counter.GenericProcessingFail == 1)
+    await send_paced(src, sender, [b"fine"])
+    await wait_until(lambda: ch.size == 1)
+    assert [e.body for e in await take_all(ch)] == [b"fine"]
+    assert src.counter.EventDroppedCount == 1
+    await src.stop()
