@@ -118,10 +118,10 @@ def _open_new(manager: PathManager) -> tuple[int, str]:
     """Create the next file that does not exist yet (O_EXCL). Raises OSError."""
     for _ in range(1000):
         path = manager.next_path()
+        # O_APPEND: after a failed batch is cut off, the next write goes to the new end.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-            )
+            fd = os.open(path, flags, 0o644)
         except FileExistsError:
             continue
         return fd, path
