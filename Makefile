@@ -34,12 +34,24 @@ bench: $(STAMP)
 cov: $(STAMP)
 	$(PY) -m pytest -q --cov=flumed
 
-# Installs the systemd units and an example config (run as root).
+# Installs the systemd units, /etc/default/flumed and an example config (run as root).
+# FLUMED_BIN is the installed `flumed` command: a system-wide install (pip/pipx into
+# /usr/local or /opt), not a venv under /root or /home, which the units hide
+# (ProtectHome=yes). DESTDIR installs into a staging tree (packaging, tests).
+FLUMED_BIN ?= /usr/local/bin/flumed
+DESTDIR ?=
 install-systemd:
-	install -d /etc/flumed
-	[ -f /etc/flumed/a1.toml ] || install -m 0644 conf/single-agent.toml /etc/flumed/a1.toml
-	install -m 0644 systemd/flumed.service systemd/flumed@.service /etc/systemd/system/
-	-systemctl daemon-reload
+	install -d $(DESTDIR)/etc/flumed $(DESTDIR)/etc/default $(DESTDIR)/etc/systemd/system
+	[ -f $(DESTDIR)/etc/flumed/flumed.toml ] || \
+		install -m 0644 conf/single-agent.toml $(DESTDIR)/etc/flumed/flumed.toml
+	[ -f $(DESTDIR)/etc/default/flumed ] || \
+		install -m 0644 systemd/flumed.default $(DESTDIR)/etc/default/flumed
+	for unit in flumed.service flumed@.service; do \
+		sed 's#/usr/local/bin/flumed#$(FLUMED_BIN)#g' systemd/$$unit \
+			> $(DESTDIR)/etc/systemd/system/$$unit && \
+		chmod 0644 $(DESTDIR)/etc/systemd/system/$$unit || exit 1; \
+	done
+	[ -n "$(DESTDIR)" ] || systemctl daemon-reload || true
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
