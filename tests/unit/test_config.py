@@ -202,13 +202,6 @@ def test_properties_nest_lists_into_ordered_tables():
     assert a1["sinkgroups"]["g1"]["processor"]["selector.maxTimeOut"] == "10000"
 
 
-def _interceptors_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("flumed.interceptors.static") is not None
-
-
-@pytest.mark.skipif(not _interceptors_available(), reason="interceptor modules not built yet")
 def test_properties_file_loads_as_agent(tmp_path):
     spec = load(tmp_path, PROPS, name="flume.properties")
     assert [i.name for i in spec.sources["r1"].interceptors] == ["i2", "i1"]
