@@ -391,7 +391,8 @@ class SyslogFramer:
     counting (`LEN SP MSG`), anything else newline-terminated messages. An octet-counted
     stream whose next frame does not start with a digit falls back to newlines for the
     rest of the connection. In newline mode a `\\r` before the `\\n` is dropped and empty
-    lines are skipped.
+    lines are skipped; an octet-counted frame loses one trailing newline, as rsyslog's
+    receivers drop it (rsyslog's forwarding templates end with one).
 
     A message longer than `event_size` bytes is cut: each full piece of `event_size`
     bytes becomes its own message flagged incomplete (Flume's `Incomplete` status) and
@@ -503,8 +504,11 @@ class SyslogFramer:
                     lines.append(self.piece[:size])
                     self.piece = self.piece[size:]
                 if self.frame_left == 0:
-                    if self.piece:
-                        lines.append(self.piece)
+                    last = self.piece
+                    if last[-1:] == b"\n":
+                        last = last[:-2] if last[-2:] == b"\r\n" else last[:-1]
+                    if last:
+                        lines.append(last)
                     self.piece = b""
                 continue
             c = buf[pos]
@@ -533,7 +537,11 @@ class SyslogFramer:
                     self.rest = buf[pos:]
                     return b""
                 if length:
-                    lines.append(buf[start:end])
+                    msg = buf[start:end]
+                    if msg[-1] == 10:  # a trailing LF is not part of it (rsyslog sends one)
+                        msg = msg[:-2] if msg[-2:] == b"\r\n" else msg[:-1]
+                    if msg:
+                        lines.append(msg)
                 pos = end
             else:
                 self.frame_left = length
