@@ -241,8 +241,10 @@ def builtin_handler(name: str) -> type | None:
 class HTTPSourceConfig:
     port: int = key(ge=0, le=65535)
     bind: str = key("0.0.0.0")
-    handler: str = key(DEFAULT_HANDLER, doc="JSONHandler | BlobHandler | a Python class path")
-    handler_settings: dict[str, Any] = prefix("handler", doc="handler.* settings")
+    # `handler` and `handler.*` in one family: "" is the handler itself (see handler_name).
+    handler: dict[str, Any] = prefix(
+        "handler", doc="JSONHandler | BlobHandler | a Python class path; handler.* settings"
+    )
     maxRequestSize: int = key(16 * 1024 * 1024, ge=1, doc="Longest body in bytes (else 413).")
     ssl: bool = key(False, aliases=("enableSSL",))
     certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
@@ -266,20 +268,33 @@ class HTTPSourceConfig:
         "include-cipher-suites",
     )
 
+    @property
+    def handler_name(self) -> str:
+        """`handler = X`, or in a TOML table `[...handler]`, its `type = X`."""
+        if "" in self.handler:
+            return str(self.handler[""]).strip()
+        return str(self.handler.get("type", DEFAULT_HANDLER)).strip()
+
+    @property
+    def handler_settings(self) -> dict[str, str]:
+        drop = "" if "" in self.handler else "type"
+        return {k: str(v) for k, v in self.handler.items() if k != drop}
+
     def check(self) -> list[str]:
         problems = check_tls(
             self.ssl, self.certificate, self.keystore, self.include_protocols,
             self.exclude_protocols,
         )  # fmt: skip
-        cls = builtin_handler(self.handler)
+        name = self.handler_name
+        cls = builtin_handler(name)
         if cls is not None:
             try:
-                cls({k: str(v) for k, v in self.handler_settings.items()})
+                cls(self.handler_settings)
             except ValueError as e:
                 problems.append(f"key 'handler': {e}")
-        elif "." not in self.handler and ":" not in self.handler:
+        elif "." not in name and ":" not in name:
             problems.append(
-                f"key 'handler': unknown handler {self.handler!r}; use JSONHandler, "
+                f"key 'handler': unknown handler {name!r}; use JSONHandler, "
                 "BlobHandler or a Python class path (module:Class)"
             )
         return problems
@@ -304,19 +319,19 @@ class HTTPSource(Source):
 
     def _make_handler(self) -> HTTPSourceHandler:
         cfg = self.config
-        settings = {k: str(v) for k, v in cfg.handler_settings.items()}
-        cls = builtin_handler(cfg.handler)
+        name = cfg.handler_name
+        cls = builtin_handler(name)
         try:
             if cls is None:
-                cls = import_from_string(cfg.handler.strip())
-            handler: HTTPSourceHandler = cls(settings)
+                cls = import_from_string(name)
+            handler: HTTPSourceHandler = cls(cfg.handler_settings)
         except Exception as e:
             raise ComponentStartError(
-                f"Source {self.name}: key 'handler': cannot build {cfg.handler!r}: {e}"
+                f"Source {self.name}: key 'handler': cannot build {name!r}: {e}"
             ) from e
         if not callable(getattr(handler, "parse", None)):
             raise ComponentStartError(
-                f"Source {self.name}: key 'handler': {cfg.handler!r} has no parse(request) method"
+                f"Source {self.name}: key 'handler': {name!r} has no parse(request) method"
             )
         return handler
 

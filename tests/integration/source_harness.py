@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
+
+import uvloop
 
 from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import parse
@@ -68,3 +72,14 @@ class SourceHarness:
                 raise AssertionError(f"got {len(out)} of {n} events in {timeout}s: {out[-3:]}")
             out += await self.take(n - len(out), min(left, 0.5))
         return out
+
+
+def on_uvloop(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on its own uvloop loop, as the daemon runs (uvloop's transports
+    are not asyncio's classes; tests on the default loop would not see that)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        uvloop.run(fn(*args, **kwargs))
+
+    return run

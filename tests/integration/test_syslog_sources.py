@@ -19,7 +19,7 @@ from flumed.sources.multiport_syslogtcp import MultiportSyslogTcpSource
 from flumed.sources.syslog_parser import INCOMPLETE, INVALID, STATUS
 from flumed.sources.syslogtcp import HIGH_WATER, SyslogTcpSource
 from flumed.sources.syslogudp import SyslogUdpSource
-from tests.integration.source_harness import SourceHarness
+from tests.integration.source_harness import SourceHarness, on_uvloop
 from tests.util import free_port, wait_until
 
 HOSTNAME = socket.gethostname().split(".")[0]
@@ -50,6 +50,7 @@ def by_body(events: list[Event]) -> dict[bytes, dict[str, str]]:
 
 # -- util-linux logger ---------------------------------------------------------------------
 @needs_logger
+@on_uvloop
 async def test_logger_over_tcp_rfc3164_rfc5424_and_octet_counting() -> None:
     conf = {"host": "127.0.0.1", "port": 0, "clientIPHeader": "ip", "clientHostnameHeader": "hn"}
     async with SourceHarness(SyslogTcpSource, conf) as h:
@@ -81,6 +82,7 @@ async def test_logger_over_tcp_rfc3164_rfc5424_and_octet_counting() -> None:
 
 
 @needs_logger
+@on_uvloop
 async def test_logger_over_udp() -> None:
     async with SourceHarness(SyslogUdpSource, {"host": "127.0.0.1", "port": 0,
                                                "clientIPHeader": "ip"}) as h:  # fmt: skip
@@ -146,6 +148,7 @@ def _accepting(port: int) -> bool:
 
 
 @needs_logger
+@on_uvloop
 async def test_rsyslog_forwarding_octet_counted(rsyslog) -> None:  # type: ignore[no-untyped-def]
     async with SourceHarness(SyslogTcpSource, {"host": "127.0.0.1", "port": 0}) as h:
         inp = rsyslog(h.source.port)
@@ -168,6 +171,7 @@ async def test_rsyslog_forwarding_octet_counted(rsyslog) -> None:  # type: ignor
 
 
 # -- bad input ------------------------------------------------------------------------------
+@on_uvloop
 async def test_garbage_and_oversized_messages_are_kept_and_flagged() -> None:
     conf = {"host": "127.0.0.1", "port": 0, "eventSize": 100}
     async with SourceHarness(SyslogTcpSource, conf) as h:
@@ -192,6 +196,7 @@ async def test_garbage_and_oversized_messages_are_kept_and_flagged() -> None:
 
 
 # -- TLS ------------------------------------------------------------------------------------
+@on_uvloop
 async def test_tls(tmp_path: Path) -> None:
     ca = trustme.CA()
     pem = tmp_path / "server.pem"
@@ -215,6 +220,7 @@ async def test_tls(tmp_path: Path) -> None:
 
 
 # -- push-back ------------------------------------------------------------------------------
+@on_uvloop
 async def test_tcp_pushes_back_when_the_channel_is_full() -> None:
     n = 100_000
     data = b"".join(b"<13>1 - - app - - - msg %08d\n" % i for i in range(n))
@@ -248,6 +254,7 @@ async def test_tcp_pushes_back_when_the_channel_is_full() -> None:
     assert src.counter.EventAcceptedCount == n
 
 
+@on_uvloop
 async def test_udp_buffers_a_bounded_amount_then_counts_drops() -> None:
     conf = {"host": "127.0.0.1", "port": 0, "maxBufferedDatagrams": 10}
     async with SourceHarness(
@@ -274,6 +281,7 @@ async def test_udp_buffers_a_bounded_amount_then_counts_drops() -> None:
 
 
 # -- multiport --------------------------------------------------------------------------------
+@on_uvloop
 async def test_multiport_ports_port_header_and_charsets() -> None:
     p1, p2 = free_port(), free_port()
     conf = {
