@@ -310,7 +310,9 @@ class SyslogParser:
                 return Event(ln, {STATUS: INVALID})
             return Event(ln, {"Facility": "0", "Severity": "0", STATUS: INVALID})
         pri = int(ln[1:gt])
-        m = _RE_5424.match(ln)
+        # After <PRI>, RFC 5424's shape has a digit, a space or "-"; a letter starts an
+        # RFC 3164 stamp ("Mar"), so that regex alone is tried.
+        m = None if ln[gt + 1 : gt + 2].isalpha() else _RE_5424.match(ln)
         is5424 = m is not None
         if m is None:
             m = _RE_3164.match(ln)
