@@ -123,7 +123,6 @@ class SyslogUdpSource(Source):
             socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_DGRAM
         )
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if cfg.receiveBufferBytes:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receiveBufferBytes)
             sock.bind((cfg.host, cfg.port))

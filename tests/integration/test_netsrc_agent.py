@@ -7,7 +7,6 @@ import ast
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -142,5 +141,4 @@ maxBytesToLog = 1000
     assert agent.counter("SOURCE.h1", "EventReadFail") == 1
     assert agent.counter("SOURCE.h1", "EventAcceptedCount") == 2
     assert agent.counter("SOURCE.h2", "EventAcceptedCount") == 1
-    agent.signal(signal.SIGTERM)
     assert agent.terminate() == 0
