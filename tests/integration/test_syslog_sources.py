@@ -245,8 +245,9 @@ async def test_tcp_pushes_back_when_the_channel_is_full() -> None:
         assert w.transport.get_write_buffer_size() > 0  # the sender is held back
         # Drain: everything arrives, once, in order.
         got: list[bytes] = []
-        while len(got) < n:
-            got += [e.body for e in await h.take(1000, 5.0)]
+        async with asyncio.timeout(120):
+            while len(got) < n:
+                got += [e.body for e in await h.take(1000, 5.0)]
         await w.drain()
         w.close()
         await w.wait_closed()
@@ -273,8 +274,9 @@ async def test_udp_buffers_a_bounded_amount_then_counts_drops() -> None:
         await wait_until(lambda: c.EventDroppedCount > 0, 30, "drops")
         got: list[Event] = []
         # Drain until every datagram is either delivered or counted as dropped.
-        while len(got) + c.EventDroppedCount < sent:
-            got += await h.take(100, 1.0)
+        async with asyncio.timeout(60):
+            while len(got) + c.EventDroppedCount < sent:
+                got += await h.take(100, 1.0)
     assert len(got) + c.EventDroppedCount == sent
     assert len({e.body for e in got}) == len(got)
     assert c.EventReceivedCount == len(got)
