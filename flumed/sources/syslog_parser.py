@@ -138,6 +138,15 @@ class SyslogParser:
         self._expires = 0.0
         self._pri_key = "Priority" if flavor == "multiport" else "priority"
         self._ver_key = "Version" if flavor == "multiport" else "version"
+        # PRI token → the headers it gives, copied per message (one C-level copy).
+        self._templates: dict[bytes, dict[str, str]] = {}
+        for tok, (fac, sev, pri, ver) in _PRI_TOKENS.items():
+            t = {"Facility": fac, "Severity": sev, self._pri_key: pri}
+            if ver is not None:
+                t[self._ver_key] = ver
+            self._templates[tok] = t
+        # APP-NAME / MSGID bytes → str (they repeat; PROCIDs are decoded each time).
+        self._tokens: dict[bytes, str] = {}
 
     # -- caches ----------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -148,8 +157,10 @@ class SyslogParser:
             or len(self._hosts) > _CACHE_MAX
             or len(self._ts5424) > _CACHE_MAX
             or len(self._ts3164) > _CACHE_MAX
+            or len(self._tokens) > _CACHE_MAX
         ):
             self._expires = now + _CACHE_TTL
+            self._tokens.clear()
             self._hosts.clear()
             self._ts5424.clear()
             self._ts3164.clear()
@@ -262,45 +273,71 @@ class SyslogParser:
         `flume.syslog.status` header, as in Flume.
         """
         self._refresh()
+        if self.keep_all or self.keep or self.flavor != "syslogtcp":
+            return self._parse_all_slow(lines)
         out: list[Event] = []
         add = out.append
-        pri_tokens = _PRI_TOKENS.get
+        templates = self._templates.get
         hosts = self._hosts.get
-        ts5424 = self.ts5424
-        slow = self._parse_slow
-        pri_key, ver_key = self._pri_key, self._ver_key
-        fast = not self.keep_all and not self.keep and self.flavor == "syslogtcp"
+        stamps = self._ts5424.get
+        tokens = self._tokens
+        token = tokens.get
+        ver_key = self._ver_key
         bad = 0
         for ln in lines:
-            if fast:
-                # The common RFC 5424 shape: "<PRI>V TS HOST APP PROCID MSGID rest".
-                parts = ln.split(b" ", 6)
-                pt = pri_tokens(parts[0])
-                if pt is not None and len(parts) >= 4:
-                    ts, host = parts[1], parts[2]
-                    tsv = ts5424(ts) if ts != b"-" else ""
-                    h = hosts(host) if host != b"-" else ""
-                    if h is None:
-                        h = self._host(host)
-                    if tsv is not None and h is not None:
-                        body = ln[len(parts[0]) + len(ts) + len(host) + 3 :]
-                        hdr = {"Facility": pt[0], "Severity": pt[1], pri_key: pt[2]}
-                        if tsv:
-                            hdr["timestamp"] = tsv
-                        if h:
-                            hdr["host"] = h
-                        ver = pt[3]
-                        if ver is not None:
-                            hdr[ver_key] = ver
-                            if len(parts) >= 6:
-                                _rfc5424_fields(hdr, parts)
-                        add(Event(body or ln, hdr))
-                        continue
-            ev = slow(ln)
+            # The common RFC 5424 shape: "<PRI>V TS HOST APP PROCID MSGID rest".
+            parts = ln.split(b" ", 6)
+            tmpl = templates(parts[0])
+            if tmpl is not None and len(parts) >= 4:
+                ts = parts[1]
+                host = parts[2]
+                n = len(ts)
+                tsv: str | None = None
+                # Inline fast path of ts5424: a 3- or 6-digit fraction, cached second.
+                if n >= 24 and ts[19] == 46:
+                    fe = n - 1 if ts[-1] == 90 else (n - 6 if ts[-3] == 58 else n)
+                    if fe == 26 or fe == 23:
+                        hit = stamps(ts[:19] + ts[fe:])
+                        if hit is not None and hit[1] is not None and ts[20:fe].isdigit():
+                            tsv = hit[1] + ts[20:23].decode()
+                if tsv is None:
+                    tsv = self.ts5424(ts) if ts != b"-" else ""
+                h = hosts(host) if host != b"-" else ""
+                if h is None:
+                    h = self._host(host)
+                if tsv is not None and h is not None:
+                    hdr = tmpl.copy()
+                    if tsv:
+                        hdr["timestamp"] = tsv
+                    if h:
+                        hdr["host"] = h
+                    if len(parts) >= 6 and ver_key in tmpl:
+                        app, pid, mid = parts[3], parts[4], parts[5]
+                        if app != b"-":
+                            v = token(app)
+                            if v is None:
+                                v = tokens[app] = app.decode("utf-8", "replace")
+                            hdr[APP_NAME] = v
+                        if pid != b"-":
+                            hdr[PROCID] = pid.decode("utf-8", "replace")
+                        if mid != b"-":
+                            v = token(mid)
+                            if v is None:
+                                v = tokens[mid] = mid.decode("utf-8", "replace")
+                            hdr[MSGID] = v
+                        if len(parts) == 7 and parts[6][:1] == b"[":
+                            _structured_data(hdr, parts[6])
+                    add(Event(ln[len(parts[0]) + n + len(host) + 3 :] or ln, hdr))
+                    continue
+            ev = self._parse_slow(ln)
             if STATUS in ev.headers:
                 bad += 1
             add(ev)
         return out, bad
+
+    def _parse_all_slow(self, lines: list[bytes]) -> tuple[list[Event], int]:
+        out = [self._parse_slow(ln) for ln in lines]
+        return out, sum(STATUS in e.headers for e in out)
 
     def _parse_slow(self, ln: bytes) -> Event:
         """Any message, by the full rules of the flavor."""
@@ -381,9 +418,13 @@ def _rfc5424_fields(hdr: dict[str, str], parts: list[bytes]) -> None:
     if m != b"-":
         hdr[MSGID] = m.decode("utf-8", "replace")
     if len(parts) > 6 and parts[6][:1] == b"[":
-        sd = _RE_SD.match(parts[6])
-        if sd is not None:
-            hdr[STRUCTURED_DATA] = sd.group().decode("utf-8", "replace")
+        _structured_data(hdr, parts[6])
+
+
+def _structured_data(hdr: dict[str, str], rest: bytes) -> None:
+    sd = _RE_SD.match(rest)
+    if sd is not None:
+        hdr[STRUCTURED_DATA] = sd.group().decode("utf-8", "replace")
 
 
 class SyslogFramer:
