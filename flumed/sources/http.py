@@ -47,12 +47,14 @@ from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
 from flumed.registry import import_from_string
 from flumed.sources.base import Source
-from flumed.sources.syslogtcp import STOP_GRACE, RateLimitedLog
+from flumed.sources.syslogtcp import RateLimitedLog
 from flumed.tls import check_tls, server_context
 
 log = logging.getLogger("flumed.sources.http")
 
 DEFAULT_HANDLER = "org.apache.flume.source.http.JSONHandler"
+#: How long `stop()` lets requests in flight finish.
+STOP_GRACE = 5.0
 MAX_BLOB_LENGTH = 100_000_000
 
 

@@ -68,10 +68,10 @@ class SyslogTcpConfig:
     IGNORED = TLS_IGNORED
 
     def check(self) -> list[str]:
-        return _check_common(self)
+        return check_tcp_keys(self)
 
 
-def _check_common(cfg: Any) -> list[str]:
+def check_tcp_keys(cfg: Any) -> list[str]:
     problems = check_tls(
         cfg.ssl, cfg.certificate, cfg.keystore, cfg.include_protocols, cfg.exclude_protocols
     )
@@ -105,7 +105,7 @@ class RateLimitedLog:
         self.logger.warning(msg, *args)
 
 
-class _Connection(asyncio.Protocol):
+class TcpConnection(asyncio.Protocol):
     """One client. `data_received` only buffers; the connection's task does the work."""
 
     def __init__(self, source: SyslogTcpSource) -> None:
@@ -183,7 +183,7 @@ class SyslogTcpSource(Source):
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
         self._servers: list[asyncio.base_events.Server] = []
-        self._connections: set[_Connection] = set()
+        self._connections: set[TcpConnection] = set()
         self._stopping = asyncio.Event()
         self._warn = RateLimitedLog(log)
         self._bad_log = RateLimitedLog(log)
@@ -225,7 +225,7 @@ class SyslogTcpSource(Source):
         try:
             for port in self._listen_ports():
                 server = await loop.create_server(
-                    lambda: _Connection(self),
+                    lambda: TcpConnection(self),
                     self.config.host,
                     port,
                     ssl=ctx,
@@ -275,7 +275,7 @@ class SyslogTcpSource(Source):
         await super().stop()
 
     # -- per connection ----------------------------------------------------------------
-    async def _conn_headers(self, conn: _Connection) -> dict[str, str]:
+    async def _conn_headers(self, conn: TcpConnection) -> dict[str, str]:
         """Headers every event of this connection carries (client IP / host name)."""
         cfg = self.config
         out: dict[str, str] = {}
@@ -286,7 +286,7 @@ class SyslogTcpSource(Source):
             out[cfg.clientHostnameHeader] = await resolve_name(ip, port)
         return out
 
-    async def _serve(self, conn: _Connection) -> None:
+    async def _serve(self, conn: TcpConnection) -> None:
         """Frame, parse and commit what the connection sends, until EOF or stop."""
         framer = SyslogFramer(self.config.eventSize)
         try:
@@ -314,7 +314,7 @@ class SyslogTcpSource(Source):
                 conn.transport.close()
 
     def _to_events(
-        self, conn: _Connection, lines: list[bytes], cut: list[int]
+        self, conn: TcpConnection, lines: list[bytes], cut: list[int]
     ) -> tuple[list[Event], int]:
         events, bad = self.parser.parse(lines)
         for i in cut:
@@ -322,7 +322,7 @@ class SyslogTcpSource(Source):
         return events, bad
 
     async def _deliver(
-        self, conn: _Connection, lines: list[bytes], cut: list[int], extra: dict[str, str]
+        self, conn: TcpConnection, lines: list[bytes], cut: list[int], extra: dict[str, str]
     ) -> None:
         events, bad = self._to_events(conn, lines, cut)
         if extra:
@@ -353,7 +353,7 @@ class SyslogTcpSource(Source):
             )
         await self._commit(conn, events)
 
-    async def _commit(self, conn: _Connection, events: list[Event]) -> None:
+    async def _commit(self, conn: TcpConnection, events: list[Event]) -> None:
         await commit_held(self, events, self._stopping, self._warn, conn.pause)
 
 
