@@ -111,6 +111,7 @@ def rsyslog(tmp_path: Path) -> Iterator[object]:
     if shutil.which("rsyslogd") is None:
         pytest.skip("rsyslogd is not installed (CI installs the Debian package rsyslog)")
     procs: list[subprocess.Popen[bytes]] = []
+    logs: list[object] = []
 
     def start(target: int) -> int:
         inp = free_port()
@@ -124,6 +125,7 @@ def rsyslog(tmp_path: Path) -> Iterator[object]:
             'TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")\n'
         )
         log = open(tmp_path / "rsyslog.out", "wb")  # noqa: SIM115
+        logs.append(log)
         p = subprocess.Popen(
             ["rsyslogd", "-n", "-f", str(conf), "-i", str(tmp_path / "rsyslog.pid")],
             stdout=log,
@@ -140,6 +142,8 @@ def rsyslog(tmp_path: Path) -> Iterator[object]:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(10)
+    for f in logs:
+        f.close()  # type: ignore[attr-defined]
 
 
 def _accepting(port: int) -> bool:
