@@ -135,9 +135,9 @@ def encode_long(n: int) -> bytes:
 
 
 _SMALL: list[bytes] = [bytes((i,)) for i in range(0x80)]
-#: Encoded lengths 0..16383, the usual sizes of bodies and header strings.
+#: Encoded lengths 0..8191 (one or two bytes), the usual sizes of bodies and headers.
 _LEN: list[bytes] = []
-for _i in range(1 << 14):
+for _i in range(1 << 13):
     _z = _i << 1
     _LEN.append(bytes((_z,)) if _z < 0x80 else bytes(((_z & 0x7F) | 0x80, _z >> 7)))
 del _i, _z

@@ -182,6 +182,8 @@ class LayerStack:
         """The wire bytes for application bytes `data`. Raises StreamError."""
         for layer in reversed(self.layers):
             data = layer.encode(data)
+            if not data:
+                return b""  # held by TLS until its handshake is done
         return data
 
 
