@@ -111,30 +111,22 @@ class AvroSink(Sink):
             self.counter.ConnectionClosedCount += 1
         await super().stop()
 
-    async def _connection(self) -> AvroRpcClient:
-        """The connected client, (re)connecting as needed.
-
-        Raises:
-            DeliveryError: the connection could not be made (counted).
-        """
-        client = self.client
-        assert client is not None, "start() first"
-        interval = self.config.reset_connection_interval
-        if client.connected and interval and time.monotonic() - client.connected_at >= interval:
-            await client.close()
-            self.counter.ConnectionClosedCount += 1
-        if not client.connected:
-            try:
-                await client.connect()
-            except ConnectFailed as e:
-                self.counter.ConnectionFailedCount += 1
-                raise DeliveryError(f"Avro sink {self.name}: {e}") from None
-            self.counter.ConnectionCreatedCount += 1
-            log.info("Sink %s connected to %s.", self.name, client.remote)
-        return client
+    async def _connect(self, client: AvroRpcClient) -> None:
+        """Raises DeliveryError when the connection cannot be made (counted)."""
+        try:
+            await client.connect()
+        except ConnectFailed as e:
+            self.counter.ConnectionFailedCount += 1
+            raise DeliveryError(f"Avro sink {self.name}: {e}") from None
+        self.counter.ConnectionCreatedCount += 1
+        log.info("Sink %s connected to %s.", self.name, client.remote)
 
     async def process(self) -> Status:
-        client = await self._connection()
+        client = self.client
+        assert client is not None, "start() first"
+        if not client.connected:
+            # Before taking anything: a next hop that is down costs the channel nothing.
+            await self._connect(client)
         n = self.config.batch_size
         counter = self.counter
         async with self.channel.transaction() as tx:
@@ -142,6 +134,12 @@ class AvroSink(Sink):
             counter.batch(len(events), n)
             if not events:
                 return Status.BACKOFF
+            interval = self.config.reset_connection_interval
+            if interval and time.monotonic() - client.connected_at >= interval:
+                # Flume's periodic reset, done when there is something to send.
+                await client.close()
+                counter.ConnectionClosedCount += 1
+                await self._connect(client)
             counter.EventDrainAttemptCount += len(events)
             try:
                 status = await client.append_batch(events)
