@@ -114,6 +114,10 @@ class ProtocolError(Exception):
     """The peer sent bytes that are not valid Avro RPC; the connection must close."""
 
 
+class LimitExceeded(ProtocolError):
+    """Well-formed input over a configured limit: refused, the connection may go on."""
+
+
 class RemoteError(Exception):
     """The peer answered a call with an Avro error response (its message)."""
 
@@ -296,15 +300,25 @@ class Reader:
         headers = self.read_string_map()
         return Event(self.read_bytes(), headers)
 
-    def read_events(self) -> list[Event]:
+    def read_events(self, max_events: int | None = None) -> list[Event]:
         """An `array<AvroFlumeEvent>`. The common shapes (short header strings, bodies
         under 8 KiB) are decoded inline; anything else goes through the general readers,
-        which check everything."""
+        which check everything.
+
+        Raises:
+            LimitExceeded: the array holds more than `max_events` (checked from the
+                block counts, before the events are decoded).
+        """
         buf = self.buf
         end = len(buf)
         out: list[Event] = []
         append = out.append
         while n := self._block_count(2):
+            if max_events is not None and len(out) + n > max_events:
+                raise LimitExceeded(
+                    f"appendBatch of at least {len(out) + n} events exceeds the limit of "
+                    f"{max_events} (max-batch-events)"
+                )
             pos = self.pos
             for _ in range(n):
                 if pos >= end:

@@ -10,7 +10,8 @@ Keys as Flume's: `bind`, `port`, `compression-type` (none | deflate), `ssl` with
 `keystore` (PEM certificate chain; flumed's `keystore-key` for a separate PEM key,
 `keystore-password` for its passphrase), `include-protocols`/`exclude-protocols`,
 `ipFilter` with `ipFilterRules`, `threads` (accepted, without effect, as in Flume
-1.10+). flumed's own: `max-frame-bytes`, `frame-timeout`, `compression-layer`.
+1.10+). flumed's own: `max-frame-bytes`, `max-batch-events`, `frame-timeout`,
+`compression-layer` (see docs/avro.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flumed.event import Event
 from flumed.rpc.avro_protocol import (
     DEFAULT_MAX_PACK,
     HandshakeRequest,
+    LimitExceeded,
     Match,
     ProtocolError,
     Reader,
@@ -45,6 +47,8 @@ from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.avro")
 
+#: Most events one appendBatch may carry (Flume has no limit; AvroSink sends batch-size).
+DEFAULT_MAX_EVENTS = 100_000
 #: Stop reading a connection while this many request bytes wait to be served.
 HIGH_WATER = 4 << 20
 #: How long stop() lets requests in flight finish before closing their connections.
@@ -68,6 +72,7 @@ class AvroSourceConfig:
     ipFilter: bool = key(False)
     ipFilterRules: str | None = key(None)
     max_frame_bytes: int = key(DEFAULT_MAX_PACK, name="max-frame-bytes", ge=1024)
+    max_batch_events: int = key(DEFAULT_MAX_EVENTS, name="max-batch-events", ge=1)
     frame_timeout: float = key(60.0, name="frame-timeout", ge=0.001)
     compression_layer: Literal["outside-ssl", "inside-ssl"] = key(
         "outside-ssl", name="compression-layer"
@@ -338,7 +343,7 @@ class AvroSource(Source):
             r.read_map_bytes()
             message = r.read_string()
             if message == "appendBatch":
-                events = r.read_events()
+                events = r.read_events(self.config.max_batch_events)
                 batch = True
             elif message == "append":
                 events = [r.read_event()]
@@ -351,6 +356,11 @@ class AvroSource(Source):
                     "Source %s: %s called unknown message %r.", self.name, conn.peer, message
                 )
                 return encode_error_response(f"No message named {message!r}", handshake), None
+        except LimitExceeded as e:
+            # Well-formed but too large: refused with an error, the connection goes on.
+            self.counter.EventReadFail += 1
+            self._warn("Source %s: refused a request from %s: %s.", self.name, conn.peer, e)
+            return encode_error_response(str(e), handshake), None
         except ProtocolError as e:
             return encode_error_response(
                 f"malformed request: {e}", handshake

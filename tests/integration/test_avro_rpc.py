@@ -23,10 +23,13 @@ from flumed.rpc.avro_protocol import (
     HandshakeResponse,
     Match,
     Reader,
+    RemoteError,
     Status,
     encode_append,
+    encode_append_batch,
     encode_error_response,
     encode_status_response,
+    read_status_response,
 )
 from tests.integration.avro_helpers import (
     RawClient,
@@ -265,6 +268,23 @@ async def test_bad_input_closes_only_that_connection(
     assert "closing connection from 127.0.0.1" in caplog.text
 
 
+async def test_batch_over_the_event_limit_is_refused(agents: list[Agent]) -> None:
+    b = await start_agent(collector(source='"max-batch-events" = 10'), "b")
+    agents.append(b)
+    c = await RawClient.open(b.sources["r"].port)
+    await c.send(1, HANDSHAKE + encode_append_batch(numbered(11)))
+    serial, payload = await c.recv()
+    assert serial == 1 and payload[:4] == bytes.fromhex("00000000")  # handshake: BOTH
+    with pytest.raises(RemoteError, match="max-batch-events"):
+        read_status_response(Reader(payload, 4))
+    # Refused, not dropped: the same connection goes on with smaller batches.
+    await c.send(2, encode_append_batch(numbered(10)))
+    assert await c.recv() == (2, bytes.fromhex("000000"))
+    await c.close()
+    assert await drain(b.channels["c"]) == numbered(10)
+    assert b.sources["r"].counter.EventReadFail == 1
+
+
 async def test_dead_peer_times_out_and_request_timeout(agents: list[Agent]) -> None:
     """A next hop that accepts but never answers: the call times out, is rolled back."""
     hung: list[asyncio.StreamWriter] = []
@@ -313,7 +333,8 @@ async def test_tls_untrusted_server(agents: list[Agent], tmp_path: Path) -> None
     pki = make_pki(tmp_path)
     a, b = await pair(
         agents,
-        source=f'ssl = true\nkeystore = "{pki.chain}"\n"keystore-key" = "{pki.key}"',
+        source=f'ssl = true\nkeystore = "{pki.chain}"\n"keystore-key" = "{pki.key}"\n'
+        '"frame-timeout" = 0.5',
         sink=f'ssl = true\ntruststore = "{pki.other_ca}"',
     )
     await put(a.channels["c"], numbered(10))
@@ -323,6 +344,10 @@ async def test_tls_untrusted_server(agents: list[Agent], tmp_path: Path) -> None
     # A plain-text client on the TLS port is bad input, closed.
     c = await RawClient.open(b.sources["r"].port)
     await c.send(1, HANDSHAKE + CALL)
+    assert await c.closed_by_peer()
+    await c.close()
+    # So is one that never starts its TLS handshake (half-open), after frame-timeout.
+    c = await RawClient.open(b.sources["r"].port)
     assert await c.closed_by_peer()
     await c.close()
 
