@@ -296,6 +296,10 @@ class AvroSource(Source):
                     return
             timeout = self.config.frame_timeout
             while True:
+                if conn.closed or self._stopping.is_set():
+                    # Requests still queued are not answered: the client sends them
+                    # again. Committing them now would only make duplicates.
+                    break
                 if conn.queue:
                     serial, payload = conn.next_request()
                     response, bad = await self._respond(conn, payload)
@@ -306,13 +310,14 @@ class AvroSource(Source):
                     if not conn.writable.is_set():
                         await self._wait(conn, conn.writable, timeout, "does not read its answers")
                     continue
-                if conn.closed or conn.eof or self._stopping.is_set():
+                if conn.eof:
                     break
                 conn.wakeup.clear()
                 if conn.partial_since is not None:
                     left = conn.partial_since + timeout - time.monotonic()
-                    reason = "TLS handshake not completed" if not conn.ready else "incomplete frame"
-                    await self._wait(conn, conn.wakeup, left, f"left a {reason} for {timeout:g}s")
+                    what = "its TLS handshake" if not conn.ready else "a request"
+                    why = f"left {what} unfinished for {timeout:g}s"
+                    await self._wait(conn, conn.wakeup, left, why)
                 else:
                     await conn.wakeup.wait()
             if conn.error is not None:
