@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.avro_helpers import make_pki
 from tests.util import AgentProcess, free_port, wait_until_sync
 
 HAVE_DURABLE = bool(find_spec("flumed.channels.file") and find_spec("flumed.sinks.file_roll"))
@@ -55,6 +56,7 @@ def upstream(
     kind: str = "memory",
     processor: dict[str, object] | None = None,
     batch: int = 1000,
+    sink: dict[str, object] | None = None,
 ) -> str:
     """Agent a: seq → channel c → avro sinks k1..kn (one per port), grouped if several."""
     text = _toml(
@@ -72,7 +74,8 @@ def upstream(
                 "port": port,
                 "batch-size": batch,
                 "request-timeout": 5000,
-            },
+            }
+            | (sink or {}),
         )
     if processor:
         sinks = [f"k{i}" for i in range(1, len(ports) + 1)]
@@ -88,12 +91,13 @@ def collector(
     kind: str = "memory",
     sink: dict[str, object] | None = None,
     channel: dict[str, object] | None = None,
+    source: dict[str, object] | None = None,
 ) -> str:
     """Agent b: avro source → channel c → bodies as lines into files under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     text = _toml(
         "agents.b.sources.r",
-        {"type": "avro", "bind": "127.0.0.1", "port": port, "channels": ["c"]},
+        {"type": "avro", "bind": "127.0.0.1", "port": port, "channels": ["c"]} | (source or {}),
     )
     text += _toml("agents.b.channels.c", _channel(kind, tmp / f"{out.name}-data") | (channel or {}))
     if kind == "file":
@@ -189,6 +193,32 @@ def test_two_tiers(tier: Tier, tmp_path: Path) -> None:
     assert a.counter("SINK.k1", "EventDrainSuccessCount") == total
     assert b.counter("SOURCE.r", "AppendBatchAcceptedCount") == total // 1000
     assert b.counter("SOURCE.r", "ChannelWriteFail") == 0
+
+
+def test_tls_and_deflate_tier(tier: Tier, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    total = 30_000
+    port = free_port()
+    out = tmp_path / "b"
+    tls = {"ssl": True, "compression-type": "deflate"}
+    source = tls | {"keystore": pki.chain, "keystore-key": pki.key}
+    tier.agent(collector(port, out, tmp_path, source=source), "b")
+    a = tier.agent(upstream([port], total, tmp_path, sink=tls | {"truststore": pki.ca}), "a")
+    wait_until_sync(lambda: distinct(out) >= total, timeout=120, what="events over TLS")
+    check_delivery(numbers(out), total, max_dups=0)
+    assert a.counter("SINK.k1", "ConnectionCreatedCount") == 1
+
+
+def test_ip_filter_refuses_the_sender(tier: Tier, tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "b"
+    source = {"ipFilter": True, "ipFilterRules": "deny:ip:127.0.0.*,allow:ip:*"}
+    b = tier.agent(collector(port, out, tmp_path, source=source), "b")
+    a = tier.agent(upstream([port], 1000, tmp_path), "a")
+    wait_until_sync(lambda: a.counter("SINK.k1", "EventWriteFail") >= 2, what="refusals")
+    assert "refused by ipFilterRules" in b.log()
+    assert lines(out) == 0 and b.counter("SOURCE.r", "EventReceivedCount") == 0
+    assert a.counter("CHANNEL.c", "ChannelSize") == 1000  # kept for when it is let in
 
 
 def _slow_collector(port: int, out: Path, tmp: Path) -> str:
