@@ -136,6 +136,7 @@ class _Connection(PackConnection):
         if not self.ready:
             self.partial_since = time.monotonic()
         self.task = asyncio.create_task(src._serve(self), name=f"avro-{self.peer}")
+        self.task.add_done_callback(src._served)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -284,6 +285,14 @@ class AvroSource(Source):
         self._warn("Source %s: closing connection from %s: %s.", self.name, conn.peer, reason)
 
     # -- serving a connection --------------------------------------------------------------
+    def _served(self, task: asyncio.Task[None]) -> None:
+        """Done callback of every connection task: a crash is a bug, logged, not lost."""
+        if not task.cancelled() and task.exception() is not None:
+            self.counter.GenericProcessingFail += 1
+            log.error(
+                "Source %s: serving a connection failed.", self.name, exc_info=task.exception()
+            )
+
     async def _serve(self, conn: _Connection) -> None:
         """Answer the connection's requests in order until it closes or we stop."""
         try:
