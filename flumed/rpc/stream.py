@@ -207,36 +207,74 @@ def build_layers(
 
 # -- TLS contexts ------------------------------------------------------------------------
 
+_ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 _VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
     "TLSv1.1": ssl.TLSVersion.TLSv1_1,
     "TLSv1.2": ssl.TLSVersion.TLSv1_2,
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
+_SSL_ONLY = {"sslv2", "sslv3", "sslv2hello"}
+
+
+def _allowed(include: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The allowed versions (Java names, in order) and the problems with the lists."""
+    known = {n.lower(): n for n in _ORDER}
+    problems = [
+        f"unknown TLS protocol {p!r} (known: {' '.join(_ORDER)})"
+        for p in (*include, *exclude)
+        if p.lower() not in known and p.lower() not in _SSL_ONLY
+    ]
+    inc = {n.lower() for n in include} if include else set(known)
+    exc = {n.lower() for n in exclude}
+    return [n for n in _ORDER if n.lower() in inc and n.lower() not in exc], problems
 
 
 def protocol_problems(include: Sequence[str], exclude: Sequence[str]) -> list[str]:
-    """Config check for `include-protocols` / `exclude-protocols` (Java names)."""
-    known = {*_VERSIONS, "SSLv3", "SSLv2Hello"}
-    return [
-        f"unknown TLS protocol {p!r} (known: {', '.join(sorted(known))})"
-        for p in [*include, *exclude]
-        if p not in known
-    ]
+    """Config check of `include-protocols` / `exclude-protocols` (pure)."""
+    allowed, problems = _allowed(include, exclude)
+    if problems:
+        return problems
+    if not allowed:
+        return ["include-protocols/exclude-protocols leave no TLS version enabled"]
+    if len(allowed) != _ORDER.index(allowed[-1]) - _ORDER.index(allowed[0]) + 1:
+        return ["include-protocols/exclude-protocols must leave a contiguous range"]
+    return []
+
+
+def tls_problems(
+    enabled: bool,
+    certificate: str | None,
+    keystore: str | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
+) -> list[str]:
+    """Config check of a TLS server's keys, named as the other TLS sources name them."""
+    problems = []
+    if keystore:
+        problems.append(
+            "key 'keystore': Java keystores are not read by flumed; export the certificate "
+            "and key as PEM (e.g. `keytool -importkeystore -deststoretype PKCS12` then "
+            "`openssl pkcs12 -nodes`) and set 'certificate' and 'key'"
+        )
+    if enabled and not certificate:
+        problems.append("ssl = true needs key 'certificate' (a PEM file)")
+    return problems + protocol_problems(include, exclude)
 
 
 def _limit_versions(ctx: ssl.SSLContext, include: Sequence[str], exclude: Sequence[str]) -> None:
-    """Java names a set of protocols; OpenSSL takes a range: use the range spanning
-    the allowed versions. Without either list, Python's defaults stay (TLS 1.2 up)."""
-    if not include and not exclude:
-        return
-    allowed = [
-        v for n, v in _VERSIONS.items() if (not include or n in include) and n not in exclude
-    ]
+    """Java names a set of protocols; OpenSSL takes a range. Versions below TLS 1.2
+    only when named in `include` (Flume's default, excluding SSLv3 only, would lower
+    Python's floor of TLS 1.2)."""
+    allowed, _ = _allowed(include, exclude)
     if not allowed:
-        raise ValueError("include-protocols/exclude-protocols leave no TLS version")
-    ctx.minimum_version = min(allowed)
-    ctx.maximum_version = max(allowed)
+        raise ValueError("include-protocols/exclude-protocols leave no TLS version enabled")
+    explicit = {n.lower() for n in include}
+    wanted = [n for n in allowed if _ORDER.index(n) >= 2 or n.lower() in explicit] or allowed
+    if wanted[0].lower() in explicit or _VERSIONS[wanted[0]] > ctx.minimum_version:
+        ctx.minimum_version = _VERSIONS[wanted[0]]
+    if wanted[-1] != "TLSv1.3":
+        ctx.maximum_version = _VERSIONS[wanted[-1]]
 
 
 def server_context(
@@ -246,7 +284,11 @@ def server_context(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
 ) -> ssl.SSLContext:
-    """A server-side context from PEM files. Raises OSError / ssl.SSLError / ValueError."""
+    """A server-side context from PEM files (call from `start()`: it reads them).
+
+    Raises:
+        OSError / ssl.SSLError / ValueError: a file is missing or invalid.
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(certfile, keyfile, password)
     _limit_versions(ctx, include, exclude)

@@ -47,14 +47,16 @@ class AvroSinkConfig:
     truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
     truststore_type: str = key("PEM", name="truststore-type")
     include_protocols: list[str] = key([], name="include-protocols")
-    exclude_protocols: list[str] = key([], name="exclude-protocols")
+    exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
     max_frame_bytes: int = key(DEFAULT_MAX_PACK, name="max-frame-bytes", ge=1024)
     compression_layer: Literal["outside-ssl", "inside-ssl"] = key(
         "outside-ssl", name="compression-layer"
     )
 
-    IGNORED = ignored("truststore-password", "maxIoWorkers")
+    IGNORED = ignored(
+        "truststore-password", "maxIoWorkers", "exclude-cipher-suites", "include-cipher-suites"
+    )
 
     def check(self) -> list[str]:
         problems = []

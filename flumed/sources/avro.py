@@ -6,11 +6,12 @@ and retries. Requests on one connection are served in order; connections run
 concurrently. Input that is not Avro RPC (garbage, a bad handshake, an oversized or
 stalled frame) closes that connection with a logged reason; other clients go on.
 
-Keys as Flume's: `bind`, `port`, `compression-type` (none | deflate), `ssl` with
-`keystore` (PEM certificate chain; flumed's `keystore-key` for a separate PEM key,
-`keystore-password` for its passphrase), `include-protocols`/`exclude-protocols`,
-`ipFilter` with `ipFilterRules`, `threads` (accepted, without effect, as in Flume
-1.10+). flumed's own: `max-frame-bytes`, `max-batch-events`, `frame-timeout`,
+Keys as Flume's: `bind`, `port`, `compression-type` (none | deflate), `ssl`,
+`include-protocols`/`exclude-protocols`, `ipFilter` with `ipFilterRules`, `threads`
+(accepted, without effect, as in Flume 1.10+). Where Flume reads a Java keystore,
+flumed reads PEM files, with the keys of its other TLS sources: `certificate`, `key`,
+`key-password`; a `keystore` is refused with a message saying how to convert it.
+flumed's own: `max-frame-bytes`, `max-batch-events`, `frame-timeout`,
 `compression-layer` (see docs/avro.md).
 """
 
@@ -42,7 +43,7 @@ from flumed.rpc.avro_protocol import (
 )
 from flumed.rpc.avro_transport import PackConnection
 from flumed.rpc.ipfilter import IpFilter, parse_rules
-from flumed.rpc.stream import Layer, build_layers, protocol_problems, server_context
+from flumed.rpc.stream import Layer, build_layers, server_context, tls_problems
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.avro")
@@ -63,12 +64,12 @@ class AvroSourceConfig:
     port: int = key(ge=0, le=65535)
     compression_type: Literal["none", "deflate"] = key("none", name="compression-type")
     ssl: bool = key(False)
-    keystore: str | None = key(None, doc="PEM file: the certificate chain (and the key)")
-    keystore_key: str | None = key(None, name="keystore-key", doc="PEM private key file")
-    keystore_password: str | None = key(None, name="keystore-password")
-    keystore_type: str = key("PEM", name="keystore-type")
+    certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
+    key_file: str | None = key(None, name="key", doc="PEM private key file, with ssl.")
+    key_password: str | None = key(None, name="key-password")
+    keystore: str | None = key(None, doc="Refused: Java keystores are not read.")
     include_protocols: list[str] = key([], name="include-protocols")
-    exclude_protocols: list[str] = key([], name="exclude-protocols")
+    exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     ipFilter: bool = key(False)
     ipFilterRules: str | None = key(None)
     max_frame_bytes: int = key(DEFAULT_MAX_PACK, name="max-frame-bytes", ge=1024)
@@ -78,17 +79,22 @@ class AvroSourceConfig:
         "outside-ssl", name="compression-layer"
     )
 
-    IGNORED = ignored("threads")
+    IGNORED = ignored(
+        "threads",
+        "keystore-password",
+        "keystore-type",
+        "exclude-cipher-suites",
+        "include-cipher-suites",
+    )
 
     def check(self) -> list[str]:
-        problems = []
-        if self.ssl and not self.keystore:
-            problems.append("ssl = true needs 'keystore' (a PEM certificate chain file)")
-        if self.keystore_type.upper() != "PEM":
-            problems.append(
-                f"keystore-type {self.keystore_type!r} is not supported: flumed reads PEM "
-                "files (convert a JKS/PKCS12 keystore with keytool and openssl)"
-            )
+        problems = tls_problems(
+            self.ssl,
+            self.certificate,
+            self.keystore,
+            self.include_protocols,
+            self.exclude_protocols,
+        )
         if self.ipFilter:
             if not self.ipFilterRules:
                 problems.append("ipFilter = true needs 'ipFilterRules'")
@@ -97,7 +103,6 @@ class AvroSourceConfig:
                     parse_rules(self.ipFilterRules)
                 except ValueError as e:
                     problems.append(f"key 'ipFilterRules': {e}")
-        problems += protocol_problems(self.include_protocols, self.exclude_protocols)
         return problems
 
 
@@ -213,18 +218,19 @@ class AvroSource(Source):
     async def start(self) -> None:
         cfg = self.config
         if cfg.ssl:
-            assert cfg.keystore is not None
+            assert cfg.certificate is not None
             try:
                 self._ssl = server_context(
-                    cfg.keystore,
-                    cfg.keystore_key,
-                    cfg.keystore_password,
+                    cfg.certificate,
+                    cfg.key_file,
+                    cfg.key_password,
                     cfg.include_protocols,
                     cfg.exclude_protocols,
                 )
             except (OSError, ssl.SSLError, ValueError) as e:
                 raise ComponentStartError(
-                    f"source {self.name}: cannot load keystore {cfg.keystore!r}: {e}"
+                    f"source {self.name}: cannot load certificate {cfg.certificate!r} "
+                    f"(key {cfg.key_file or cfg.certificate!r}): {e}"
                 ) from e
         loop = asyncio.get_running_loop()
         self._stopping.clear()

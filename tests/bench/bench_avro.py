@@ -237,7 +237,7 @@ def main() -> None:
         Path(chain).write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
         cert.private_key_pem.write_to_path(keyf)
         ca.cert_pem.write_to_path(caf)
-        src = f'ssl = true\nkeystore = "{chain}"\n"keystore-key" = "{keyf}"'
+        src = f'ssl = true\ncertificate = "{chain}"\nkey = "{keyf}"'
         _line(
             "  the same with ssl = true (TLS 1.3)",
             link_rate(src, f'ssl = true\ntruststore = "{caf}"', EVENTS // 2),

@@ -320,7 +320,7 @@ async def test_tls(agents: list[Agent], tmp_path: Path, compress: bool, layer: s
         extra += '"compression-type" = "deflate"\n'
     a, b = await pair(
         agents,
-        source=f'ssl = true\nkeystore = "{pki.chain}"\n"keystore-key" = "{pki.key}"\n{extra}',
+        source=f'ssl = true\ncertificate = "{pki.chain}"\nkey = "{pki.key}"\n{extra}',
         sink=f'ssl = true\ntruststore = "{pki.ca}"\n{extra}',
     )
     events = numbered(1000)
@@ -333,8 +333,7 @@ async def test_tls_untrusted_server(agents: list[Agent], tmp_path: Path) -> None
     pki = make_pki(tmp_path)
     a, b = await pair(
         agents,
-        source=f'ssl = true\nkeystore = "{pki.chain}"\n"keystore-key" = "{pki.key}"\n'
-        '"frame-timeout" = 0.5',
+        source=f'ssl = true\ncertificate = "{pki.chain}"\nkey = "{pki.key}"\n"frame-timeout" = 0.5',
         sink=f'ssl = true\ntruststore = "{pki.other_ca}"',
     )
     await put(a.channels["c"], numbered(10))

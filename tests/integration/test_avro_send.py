@@ -64,7 +64,7 @@ async def test_file_with_headers(agents: list[Agent], tmp_path: Path) -> None:
 async def test_stdin_deflate_and_tls(agents: list[Agent], tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     source = (
-        f'ssl = true\nkeystore = "{pki.chain}"\n"keystore-key" = "{pki.key}"\n'
+        f'ssl = true\ncertificate = "{pki.chain}"\nkey = "{pki.key}"\n'
         '"compression-type" = "deflate"'
     )
     b = await start_agent(collector(source=source), "b")

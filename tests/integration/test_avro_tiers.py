@@ -201,7 +201,7 @@ def test_tls_and_deflate_tier(tier: Tier, tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "b"
     tls = {"ssl": True, "compression-type": "deflate"}
-    source = tls | {"keystore": pki.chain, "keystore-key": pki.key}
+    source = tls | {"certificate": pki.chain, "key": pki.key}
     tier.agent(collector(port, out, tmp_path, source=source), "b")
     a = tier.agent(upstream([port], total, tmp_path, sink=tls | {"truststore": pki.ca}), "a")
     wait_until_sync(lambda: distinct(out) >= total, timeout=120, what="events over TLS")
