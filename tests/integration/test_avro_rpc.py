@@ -15,7 +15,7 @@ import pytest
 
 from flumed.agent import Agent
 from flumed.event import Event
-from flumed.rpc.avro_client import REMOTE_HASHES, AvroRpcClient
+from flumed.rpc.avro_client import REMOTE_HASHES, AvroRpcClient, RpcError
 from flumed.rpc.avro_protocol import (
     LOCAL_HASH,
     PROTOCOL_JSON,
@@ -216,6 +216,36 @@ async def test_wire_bytes_of_the_client() -> None:
     resend = HandshakeRequest(LOCAL_HASH, PROTOCOL_JSON, server_hash).encode()
     assert seen[1][1] == resend + CALL
     assert seen[2][1] == CALL
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "frame limit"),
+        (struct.pack(">iii", 7, 1, 7) + bytes.fromhex("00000000 000000"), "unexpected serial"),
+        (struct.pack(">iii", 1, 1, 7) + bytes.fromhex("00000000 000012"), "Status index 9"),
+        (struct.pack(">iii", 1, 1, 5) + bytes.fromhex("0000000000"), "malformed answer"),
+        (struct.pack(">iii", 1, 1, 3) + bytes.fromhex("080000"), "Match index 4"),
+    ],
+)
+async def test_client_refuses_bad_answers(answer: bytes, error: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(12)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = AvroRpcClient("127.0.0.1", server.sockets[0].getsockname()[1], request_timeout=5)
+    try:
+        await client.connect()
+        with pytest.raises(RpcError, match=error):
+            await client.append_batch(numbered(3))
+        assert not client.connected
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_bad_input_closes_only_that_connection(
