@@ -1,0 +1,314 @@
+"""Byte-stream layers under an RPC framing: zlib compression and TLS, in either order.
+
+Flume's Netty pipelines put these under the Avro framing. With both on, Flume 1.10+
+puts zlib outside TLS (the wire carries zlib(TLS(packs))), Flume 1.9 the reverse; the
+order is therefore a setting. TLS is done here with `ssl.SSLObject` over memory BIOs
+rather than asyncio's own TLS transport, so that it can sit inside a zlib stream.
+
+A `LayerStack` is owned by one connection and used from the event loop only.
+"""
+
+from __future__ import annotations
+
+import ssl
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
+
+#: Decompressed bytes produced per step, so that the framing above sees (and can refuse)
+#: an oversized frame before a compression bomb is fully inflated.
+INFLATE_STEP = 1 << 20
+TLS_READ = 1 << 18
+
+
+class StreamError(Exception):
+    """The peer's byte stream is not valid for this layer (bad zlib data, TLS failure)."""
+
+
+class Layer:
+    """One layer. `decode` turns bytes from below into bytes for above (an iterator of
+    pieces); `encode` the reverse. `pending_out` returns bytes the layer itself wants to
+    send downwards (TLS handshake records), to be called after each decode step."""
+
+    ready = True
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def encode(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def pending_out(self) -> bytes:
+        return b""
+
+    def start(self) -> None:
+        """Called once the connection is up (a TLS client sends its hello here)."""
+
+
+class ZlibLayer(Layer):
+    """One zlib stream (RFC 1950 wrapper) per direction for the life of the connection,
+    each write flushed with Z_SYNC_FLUSH, as Netty's JZlibEncoder/JZlibDecoder."""
+
+    def __init__(self, level: int = 6) -> None:
+        self._c = zlib.compressobj(level, zlib.DEFLATED, 15)
+        self._d = zlib.decompressobj(15)
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        d = self._d
+        try:
+            piece = d.decompress(data, INFLATE_STEP)
+            if piece:
+                yield piece
+            while d.unconsumed_tail:
+                piece = d.decompress(d.unconsumed_tail, INFLATE_STEP)
+                if piece:
+                    yield piece
+        except zlib.error as e:
+            raise StreamError(f"bad deflate stream: {e}") from None
+        if d.eof:
+            raise StreamError("deflate stream ended; the peer does not compress as configured")
+
+    def encode(self, data: bytes) -> bytes:
+        return self._c.compress(data) + self._c.flush(zlib.Z_SYNC_FLUSH)
+
+
+class TlsLayer(Layer):
+    """TLS over memory BIOs. Application bytes written before the handshake completes
+    are held and sent once it has."""
+
+    def __init__(
+        self, context: ssl.SSLContext, server_side: bool, server_hostname: str | None = None
+    ) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
+        self.ready = False
+        self._held: list[bytes] = []
+
+    def start(self) -> None:
+        if not self._obj.server_side:
+            self._handshake()
+
+    def _handshake(self) -> None:
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLError as e:
+            raise StreamError(f"TLS handshake failed: {e}") from None
+        self.ready = True
+        held, self._held = self._held, []
+        for data in held:
+            self._obj.write(data)
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            self._in.write(data)
+        if not self.ready:
+            self._handshake()
+            if not self.ready:
+                return
+        obj = self._obj
+        while True:
+            try:
+                piece = obj.read(TLS_READ)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                return  # close_notify: the TCP close follows
+            except ssl.SSLError as e:
+                raise StreamError(f"TLS error: {e}") from None
+            if not piece:
+                return
+            yield piece
+
+    def encode(self, data: bytes) -> bytes:
+        if not self.ready:
+            self._held.append(data)
+            return b""
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as e:
+            raise StreamError(f"TLS error: {e}") from None
+        return self._out.read()
+
+    def pending_out(self) -> bytes:
+        return self._out.read() if self._out.pending else b""
+
+
+class LayerStack:
+    """The layers of one connection, wire side first. `write` sends bytes on the wire
+    (the transport's write)."""
+
+    def __init__(self, layers: list[Layer], write: Callable[[bytes], None]) -> None:
+        self.layers = layers
+        self._write = write
+
+    @property
+    def ready(self) -> bool:
+        """True once every layer can carry application bytes (TLS handshake done)."""
+        return all(layer.ready for layer in self.layers)
+
+    def start(self) -> None:
+        """Raises StreamError."""
+        for i, layer in enumerate(self.layers):
+            layer.start()
+            self._flush_down(i)
+
+    def _flush_down(self, i: int) -> None:
+        out = self.layers[i].pending_out()
+        if out:
+            for lower in reversed(self.layers[:i]):
+                out = lower.encode(out)
+            self._write(out)
+
+    def from_wire(self, data: bytes) -> Iterator[bytes]:
+        """Application bytes carried by `data`, in pieces. Raises StreamError."""
+        return self._up(0, data)
+
+    def _up(self, i: int, data: bytes) -> Iterator[bytes]:
+        if i == len(self.layers):
+            if data:
+                yield data
+            return
+        for piece in self.layers[i].decode(data):
+            self._flush_down(i)
+            yield from self._up(i + 1, piece)
+        self._flush_down(i)
+
+    def to_wire(self, data: bytes) -> bytes:
+        """The wire bytes for application bytes `data`. Raises StreamError."""
+        for layer in reversed(self.layers):
+            data = layer.encode(data)
+            if not data:
+                return b""  # held by TLS until its handshake is done
+        return data
+
+
+DeflateOrder = Literal["outside-ssl", "inside-ssl"]
+
+
+def build_layers(
+    *,
+    deflate_level: int | None,
+    ssl_context: ssl.SSLContext | None,
+    server_side: bool,
+    server_hostname: str | None = None,
+    order: DeflateOrder = "outside-ssl",
+) -> list[Layer]:
+    """The layers for one connection, wire side first (an empty list: plain TCP)."""
+    zl = ZlibLayer(deflate_level) if deflate_level is not None else None
+    tl = TlsLayer(ssl_context, server_side, server_hostname) if ssl_context is not None else None
+    layers = [zl, tl] if order == "outside-ssl" else [tl, zl]
+    return [layer for layer in layers if layer is not None]
+
+
+# -- TLS contexts ------------------------------------------------------------------------
+
+_ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+_SSL_ONLY = {"sslv2", "sslv3", "sslv2hello"}
+
+
+def _allowed(include: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The allowed versions (Java names, in order) and the problems with the lists."""
+    known = {n.lower(): n for n in _ORDER}
+    problems = [
+        f"unknown TLS protocol {p!r} (known: {' '.join(_ORDER)})"
+        for p in (*include, *exclude)
+        if p.lower() not in known and p.lower() not in _SSL_ONLY
+    ]
+    inc = {n.lower() for n in include} if include else set(known)
+    exc = {n.lower() for n in exclude}
+    return [n for n in _ORDER if n.lower() in inc and n.lower() not in exc], problems
+
+
+def protocol_problems(include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Config check of `include-protocols` / `exclude-protocols` (pure)."""
+    allowed, problems = _allowed(include, exclude)
+    if problems:
+        return problems
+    if not allowed:
+        return ["include-protocols/exclude-protocols leave no TLS version enabled"]
+    if len(allowed) != _ORDER.index(allowed[-1]) - _ORDER.index(allowed[0]) + 1:
+        return ["include-protocols/exclude-protocols must leave a contiguous range"]
+    return []
+
+
+def tls_problems(
+    enabled: bool,
+    certificate: str | None,
+    keystore: str | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
+) -> list[str]:
+    """Config check of a TLS server's keys, named as the other TLS sources name them."""
+    problems = []
+    if keystore:
+        problems.append(
+            "key 'keystore': Java keystores are not read by flumed; export the certificate "
+            "and key as PEM (e.g. `keytool -importkeystore -deststoretype PKCS12` then "
+            "`openssl pkcs12 -nodes`) and set 'certificate' and 'key'"
+        )
+    if enabled and not certificate:
+        problems.append("ssl = true needs key 'certificate' (a PEM file)")
+    return problems + protocol_problems(include, exclude)
+
+
+def _limit_versions(ctx: ssl.SSLContext, include: Sequence[str], exclude: Sequence[str]) -> None:
+    """Java names a set of protocols; OpenSSL takes a range. Versions below TLS 1.2
+    only when named in `include` (Flume's default, excluding SSLv3 only, would lower
+    Python's floor of TLS 1.2)."""
+    allowed, _ = _allowed(include, exclude)
+    if not allowed:
+        raise ValueError("include-protocols/exclude-protocols leave no TLS version enabled")
+    explicit = {n.lower() for n in include}
+    wanted = [n for n in allowed if _ORDER.index(n) >= 2 or n.lower() in explicit] or allowed
+    if wanted[0].lower() in explicit or _VERSIONS[wanted[0]] > ctx.minimum_version:
+        ctx.minimum_version = _VERSIONS[wanted[0]]
+    if wanted[-1] != "TLSv1.3":
+        ctx.maximum_version = _VERSIONS[wanted[-1]]
+
+
+def server_context(
+    certfile: str,
+    keyfile: str | None,
+    password: str | None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> ssl.SSLContext:
+    """A server-side context from PEM files (call from `start()`: it reads them).
+
+    Raises:
+        OSError / ssl.SSLError / ValueError: a file is missing or invalid.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certfile, keyfile, password)
+    _limit_versions(ctx, include, exclude)
+    return ctx
+
+
+def client_context(
+    cafile: str | None,
+    trust_all: bool,
+    verify_hostname: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> ssl.SSLContext:
+    """A client-side context: the CAs of `cafile` (else the system's), or no checks at
+    all with `trust_all`. Raises OSError / ssl.SSLError / ValueError."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if trust_all:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif not verify_hostname:
+        ctx.check_hostname = False
+    _limit_versions(ctx, include, exclude)
+    return ctx
