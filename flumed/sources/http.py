@@ -45,9 +45,9 @@ from aiohttp import web
 from flumed.config.keys import ignored, key, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
+from flumed.logs import RateLimitedLog
 from flumed.registry import import_from_string
 from flumed.sources.base import Source
-from flumed.sources.syslogtcp import RateLimitedLog
 from flumed.tls import check_tls, server_context
 
 log = logging.getLogger("flumed.sources.http")

@@ -24,7 +24,8 @@ from typing import Any
 from flumed.config.keys import ignored, key, prefix
 from flumed.event import Event
 from flumed.sources.syslog_parser import INVALID, STATUS
-from flumed.sources.syslogtcp import TLS_IGNORED, SyslogTcpSource, TcpConnection, check_tcp_keys
+from flumed.sources.syslogtcp import TLS_IGNORED, SyslogTcpSource, check_tcp_keys
+from flumed.sources.tcp import StreamConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +91,14 @@ class MultiportSyslogTcpSource(SyslogTcpSource):
     def _listen_ports(self) -> list[int]:
         return self.config.port_numbers()
 
-    async def _conn_headers(self, conn: TcpConnection) -> dict[str, str]:
+    async def _conn_headers(self, conn: StreamConnection) -> dict[str, str]:
         out = await super()._conn_headers(conn)
         if self.config.portHeader:
             out[self.config.portHeader] = str(conn.local_port)
         return out
 
     def _to_events(
-        self, conn: TcpConnection, lines: list[bytes], cut: list[int]
+        self, conn: StreamConnection, lines: list[bytes], cut: list[int]
     ) -> tuple[list[Event], int]:
         events, bad = super()._to_events(conn, lines, cut)
         charset = self._charsets.get(conn.local_port, self.config.charset_default)
@@ -114,7 +115,7 @@ class MultiportSyslogTcpSource(SyslogTcpSource):
                     events[i] = Event(ln, {STATUS: INVALID})
         return events, bad
 
-    async def _commit(self, conn: TcpConnection, events: list[Event]) -> None:
+    async def _commit(self, conn: StreamConnection, events: list[Event]) -> None:
         n = self.config.batchSize
         for i in range(0, len(events), n):
             await super()._commit(conn, events[i : i + n])

@@ -18,30 +18,22 @@ offered again, never dropped. Invalid messages become events with the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from flumed.config.keys import ignored, key, prefix
-from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
+from flumed.errors import ComponentStartError
 from flumed.event import Event
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 from flumed.sources.syslog_parser import INCOMPLETE, STATUS, SyslogFramer, SyslogParser
+from flumed.sources.tcp import STOP_GRACE, StreamConnection, close_connections, commit_held
 from flumed.tls import check_tls, server_context
 
 log = logging.getLogger("flumed.sources.syslog")
-
-#: Stop reading a connection once this much unprocessed input is buffered.
-HIGH_WATER = 1 << 20
-#: Longest wait between offers of a batch the channel refused.
-RETRY_BACKOFF_MAX = 1.0
-#: How long `stop()` keeps offering held batches (the sinks still drain meanwhile).
-STOP_GRACE = 5.0
 
 TLS_IGNORED = ignored(
     "keystore-password", "keystore-type", "exclude-cipher-suites", "include-cipher-suites"
@@ -83,93 +75,6 @@ def check_tcp_keys(cfg: Any) -> list[str]:
     return problems
 
 
-class RateLimitedLog:
-    """Log a warning at most once per `interval` seconds, counting what was held back."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last = 0.0
-        self._held = 0
-
-    def warn(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return
-        if self._held:
-            msg += " (%d similar warnings held back)"
-            args = (*args, self._held)
-        self._last = now
-        self._held = 0
-        self.logger.warning(msg, *args)
-
-
-class TcpConnection(asyncio.Protocol):
-    """One client. `data_received` only buffers; the connection's task does the work."""
-
-    def __init__(self, source: SyslogTcpSource) -> None:
-        self.source = source
-        self.transport: asyncio.Transport | None = None
-        self.chunks: list[bytes] = []
-        self.buffered = 0
-        self.wakeup = asyncio.Event()
-        self.eof = False
-        self.paused = False
-        self.task: asyncio.Task[None] | None = None
-        self.peer: tuple[str, int] = ("", 0)
-        self.local_port = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = (str(peer[0]), int(peer[1]))
-        local = transport.get_extra_info("sockname")
-        if local:
-            self.local_port = int(local[1])
-        self.source.counter.OpenConnectionCount += 1
-        self.source._connections.add(self)
-        self.task = asyncio.create_task(
-            self.source._serve(self), name=f"{self.source.name}-{self.peer[0]}:{self.peer[1]}"
-        )
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered >= HIGH_WATER:
-            self.pause()
-        self.wakeup.set()
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        self.wakeup.set()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.wakeup.set()
-        self.source.counter.OpenConnectionCount -= 1
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
-
-    def take_input(self) -> bytes:
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks.clear()
-        self.buffered = 0
-        self.wakeup.clear()
-        return data
-
-
 class SyslogTcpSource(Source):
     """Syslog over TCP, one task per connection, batches of what each read brought."""
 
@@ -183,7 +88,7 @@ class SyslogTcpSource(Source):
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
         self._servers: list[asyncio.base_events.Server] = []
-        self._connections: set[TcpConnection] = set()
+        self._connections: set[StreamConnection] = set()
         self._stopping = asyncio.Event()
         self._warn = RateLimitedLog(log)
         self._bad_log = RateLimitedLog(log)
@@ -225,7 +130,7 @@ class SyslogTcpSource(Source):
         try:
             for port in self._listen_ports():
                 server = await loop.create_server(
-                    lambda: TcpConnection(self),
+                    lambda: StreamConnection(self),
                     self.config.host,
                     port,
                     ssl=ctx,
@@ -257,25 +162,14 @@ class SyslogTcpSource(Source):
         self._stopping.set()
         for s in self._servers:
             s.close()
-        conns = list(self._connections)
-        for c in conns:
-            # Read nothing more; what was received is still framed and committed.
-            c.pause()
-            c.wakeup.set()
-        tasks = [c.task for c in conns if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE + 1)
-            for t in pending:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+        # Read nothing more; what was received is still framed and committed.
+        await close_connections(self._connections, STOP_GRACE + 1)
         await self._close_servers()
         self.ports = []
         await super().stop()
 
     # -- per connection ----------------------------------------------------------------
-    async def _conn_headers(self, conn: TcpConnection) -> dict[str, str]:
+    async def _conn_headers(self, conn: StreamConnection) -> dict[str, str]:
         """Headers every event of this connection carries (client IP / host name)."""
         cfg = self.config
         out: dict[str, str] = {}
@@ -286,19 +180,12 @@ class SyslogTcpSource(Source):
             out[cfg.clientHostnameHeader] = await resolve_name(ip, port)
         return out
 
-    async def _serve(self, conn: TcpConnection) -> None:
+    async def _serve(self, conn: StreamConnection) -> None:
         """Frame, parse and commit what the connection sends, until EOF or stop."""
         framer = SyslogFramer(self.config.eventSize)
         try:
             extra = await self._conn_headers(conn)
-            while True:
-                if not conn.chunks:
-                    if conn.eof or self._stopping.is_set():
-                        break
-                    conn.resume()
-                    await conn.wakeup.wait()
-                    continue
-                data = conn.take_input()
+            while (data := await conn.read()) is not None:
                 lines, cut = framer.feed(data)
                 if lines:
                     await self._deliver(conn, lines, cut, extra)
@@ -309,12 +196,10 @@ class SyslogTcpSource(Source):
             log.exception("Source %s: connection from %s failed.", self.name, conn.peer[0])
             self.counter.GenericProcessingFail += 1
         finally:
-            self._connections.discard(conn)
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
 
     def _to_events(
-        self, conn: TcpConnection, lines: list[bytes], cut: list[int]
+        self, conn: StreamConnection, lines: list[bytes], cut: list[int]
     ) -> tuple[list[Event], int]:
         events, bad = self.parser.parse(lines)
         for i in cut:
@@ -322,7 +207,7 @@ class SyslogTcpSource(Source):
         return events, bad
 
     async def _deliver(
-        self, conn: TcpConnection, lines: list[bytes], cut: list[int], extra: dict[str, str]
+        self, conn: StreamConnection, lines: list[bytes], cut: list[int], extra: dict[str, str]
     ) -> None:
         events, bad = self._to_events(conn, lines, cut)
         if extra:
@@ -353,61 +238,8 @@ class SyslogTcpSource(Source):
             )
         await self._commit(conn, events)
 
-    async def _commit(self, conn: TcpConnection, events: list[Event]) -> None:
+    async def _commit(self, conn: StreamConnection, events: list[Event]) -> None:
         await commit_held(self, events, self._stopping, self._warn, conn.pause)
-
-
-async def commit_held(
-    source: Source,
-    events: list[Event],
-    stopping: asyncio.Event,
-    warn: RateLimitedLog,
-    pause: Callable[[], None] | None = None,
-) -> None:
-    """Commit `events`, holding them until the channel takes them (push-back).
-
-    Called by a source's reading task, which reads nothing more meanwhile; `pause` is
-    called when the channel refuses, to stop reading the socket at once. Gives up only
-    when `stopping` is set and the channel stays full for STOP_GRACE seconds; that loss
-    is logged as an error.
-    """
-    counter = source.counter
-    delay = 0.05
-    deadline = 0.0
-    while True:
-        try:
-            await source.processor.process_batch(events)
-        except ChannelError as e:
-            counter.ChannelWriteFail += 1
-            accepted = e.accepted if isinstance(e, ChannelFullError) else 0
-            counter.EventAcceptedCount += accepted
-            events = events[accepted:]
-            if pause is not None:
-                pause()
-            if stopping.is_set():
-                now = time.monotonic()
-                deadline = deadline or now + STOP_GRACE
-                if now >= deadline:
-                    log.error(
-                        "Source %s: stopping with %d received events the channel did not "
-                        "take; they are lost: %s",
-                        source.name,
-                        len(events),
-                        e,
-                    )
-                    return
-            warn.warn(
-                "Source %s: channel refused a batch; holding %d events and reading nothing "
-                "more until it fits (push-back): %s",
-                source.name,
-                len(events),
-                e,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_BACKOFF_MAX)
-            continue
-        counter.EventAcceptedCount += len(events)
-        return
 
 
 async def resolve_name(ip: str, port: int) -> str:

@@ -25,10 +25,12 @@ from typing import Any
 
 from flumed.config.keys import key, prefix
 from flumed.event import Event
+from flumed.logs import RateLimitedLog
 from flumed.metrics import SourceCounter
 from flumed.sources.base import Source
 from flumed.sources.syslog_parser import SyslogParser
-from flumed.sources.syslogtcp import STOP_GRACE, RateLimitedLog, commit_held, resolve_name
+from flumed.sources.syslogtcp import resolve_name
+from flumed.sources.tcp import STOP_GRACE, commit_held
 
 log = logging.getLogger("flumed.sources.syslog")
 

@@ -17,8 +17,9 @@ import trustme
 from flumed.event import Event
 from flumed.sources.multiport_syslogtcp import MultiportSyslogTcpSource
 from flumed.sources.syslog_parser import INCOMPLETE, INVALID, STATUS
-from flumed.sources.syslogtcp import HIGH_WATER, SyslogTcpSource
+from flumed.sources.syslogtcp import SyslogTcpSource
 from flumed.sources.syslogudp import SyslogUdpSource
+from flumed.sources.tcp import HIGH_WATER
 from tests.integration.source_harness import SourceHarness, on_uvloop
 from tests.util import free_port, wait_until
 
