@@ -1,8 +1,8 @@
-"""Server-side TLS for sources, from PEM files, with Flume's protocol keys.
+"""TLS from PEM files, with Flume's protocol keys, for sources and sinks.
 
 Flume reads a Java keystore (`keystore`, `keystore-password`, `keystore-type`); flumed
 reads a PEM certificate chain and a PEM private key instead. The keys, shared by the
-sources that offer TLS (`syslogtcp`, `multiport_syslogtcp`, `http`):
+sources that offer TLS (`syslogtcp`, `multiport_syslogtcp`, `http`, `avro`, `thrift`):
 
 - `ssl` (false): serve TLS.
 - `certificate`: PEM file with the server certificate (and its chain).
@@ -17,84 +17,110 @@ A Flume `keystore` is refused with a message saying how to convert it.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 
-_VERSIONS: dict[str, ssl.TLSVersion] = {
-    "tlsv1": ssl.TLSVersion.TLSv1,
-    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
-    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
-    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
+_ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
-_ORDER = ["tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3"]
 _SSL_ONLY = {"sslv2", "sslv3", "sslv2hello"}
 
 
-def _allowed(include: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
-    """(allowed versions in order, problems)."""
-    problems = []
-    for name in (*include, *exclude):
-        low = name.lower()
-        if low not in _VERSIONS and low not in _SSL_ONLY:
-            problems.append(f"unknown TLS protocol {name!r} (known: TLSv1 TLSv1.1 TLSv1.2 TLSv1.3)")
-    inc = {n.lower() for n in include} if include else set(_ORDER)
+def _allowed(include: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The allowed versions (Java names, in order) and the problems with the lists."""
+    known = {n.lower(): n for n in _ORDER}
+    problems = [
+        f"unknown TLS protocol {p!r} (known: {' '.join(_ORDER)})"
+        for p in (*include, *exclude)
+        if p.lower() not in known and p.lower() not in _SSL_ONLY
+    ]
+    inc = {n.lower() for n in include} if include else set(known)
     exc = {n.lower() for n in exclude}
-    allowed = [v for v in _ORDER if v in inc and v not in exc]
-    return allowed, problems
+    return [n for n in _ORDER if n.lower() in inc and n.lower() not in exc], problems
+
+
+def protocol_problems(include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Config check of `include-protocols` / `exclude-protocols` (pure)."""
+    allowed, problems = _allowed(include, exclude)
+    if problems:
+        return problems
+    if not allowed:
+        return ["include-protocols/exclude-protocols leave no TLS version enabled"]
+    if len(allowed) != _ORDER.index(allowed[-1]) - _ORDER.index(allowed[0]) + 1:
+        return ["include-protocols/exclude-protocols must leave a contiguous range"]
+    return []
 
 
 def check_tls(
     enabled: bool,
     certificate: str | None,
     keystore: str | None,
-    include: list[str],
-    exclude: list[str],
+    include: Sequence[str],
+    exclude: Sequence[str],
 ) -> list[str]:
-    """Validate TLS keys without touching files. Returns the problems found."""
-    problems: list[str] = []
+    """Config check of a TLS server's keys, named as the other TLS sources name them."""
+    problems = []
     if keystore:
         problems.append(
             "key 'keystore': Java keystores are not read by flumed; export the certificate "
             "and key as PEM (e.g. `keytool -importkeystore -deststoretype PKCS12` then "
             "`openssl pkcs12 -nodes`) and set 'certificate' and 'key'"
         )
-    if not enabled:
-        return problems
-    if not certificate:
+    if enabled and not certificate:
         problems.append("ssl = true needs key 'certificate' (a PEM file)")
-    allowed, bad = _allowed(include, exclude)
-    problems += bad
-    if not bad:
-        if not allowed:
-            problems.append("include-protocols/exclude-protocols leave no TLS version enabled")
-        elif len(allowed) != _ORDER.index(allowed[-1]) - _ORDER.index(allowed[0]) + 1:
-            problems.append("include-protocols/exclude-protocols must leave a contiguous range")
-    return problems
+    return problems + protocol_problems(include, exclude)
+
+
+def _limit_versions(ctx: ssl.SSLContext, include: Sequence[str], exclude: Sequence[str]) -> None:
+    """Java names a set of protocols; OpenSSL takes a range. Versions below TLS 1.2
+    only when named in `include` (Flume's default, excluding SSLv3 only, would lower
+    Python's floor of TLS 1.2)."""
+    allowed, _ = _allowed(include, exclude)
+    if not allowed:
+        raise ValueError("include-protocols/exclude-protocols leave no TLS version enabled")
+    explicit = {n.lower() for n in include}
+    wanted = [n for n in allowed if _ORDER.index(n) >= 2 or n.lower() in explicit] or allowed
+    if wanted[0].lower() in explicit or _VERSIONS[wanted[0]] > ctx.minimum_version:
+        ctx.minimum_version = _VERSIONS[wanted[0]]
+    if wanted[-1] != "TLSv1.3":
+        ctx.maximum_version = _VERSIONS[wanted[-1]]
 
 
 def server_context(
-    certificate: str,
-    key: str | None,
+    certfile: str,
+    keyfile: str | None,
     password: str | None,
-    include: list[str],
-    exclude: list[str],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> ssl.SSLContext:
-    """Build the server context (reads the files; call from `start()`).
+    """A server-side context from PEM files (call from `start()`: it reads them).
 
     Raises:
-        OSError / ssl.SSLError: a file is missing or not a valid certificate or key.
+        OSError / ssl.SSLError / ValueError: a file is missing or invalid.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(certificate, key or None, password or None)
-    allowed, _ = _allowed(include, exclude)
-    if allowed:
-        # Versions older than TLS 1.2 only when asked for by name in include-protocols:
-        # Python's default floor is TLS 1.2, and Flume's default (exclude SSLv3 only)
-        # would otherwise lower it.
-        explicit = {n.lower() for n in include}
-        floor = _ORDER.index("tlsv1.2")
-        wanted = [v for v in allowed if _ORDER.index(v) >= floor or v in explicit]
-        lowest = wanted[0] if wanted else allowed[0]
-        if lowest in explicit or _VERSIONS[lowest] > ctx.minimum_version:
-            ctx.minimum_version = _VERSIONS[lowest]
-        if allowed[-1] != "tlsv1.3":
-            ctx.maximum_version = _VERSIONS[allowed[-1]]
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certfile, keyfile, password)
+    _limit_versions(ctx, include, exclude)
+    return ctx
+
+
+def client_context(
+    cafile: str | None,
+    trust_all: bool,
+    verify_hostname: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> ssl.SSLContext:
+    """A client-side context: the CAs of `cafile` (else the system's), or no checks at
+    all with `trust_all`. Raises OSError / ssl.SSLError / ValueError."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if trust_all:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif not verify_hostname:
+        ctx.check_hostname = False
+    _limit_versions(ctx, include, exclude)
     return ctx

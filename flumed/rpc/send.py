@@ -20,7 +20,7 @@ from typing import IO, Any
 from flumed.event import Event
 from flumed.rpc.avro_client import AvroRpcClient, RpcError
 from flumed.rpc.avro_protocol import Status
-from flumed.rpc.stream import client_context
+from flumed.tls import client_context
 
 
 def _header(text: str) -> tuple[str, str]:

@@ -26,8 +26,8 @@ from flumed.errors import ComponentStartError, DeliveryError
 from flumed.rpc.avro_client import AvroRpcClient, ConnectFailed, RpcError
 from flumed.rpc.avro_protocol import DEFAULT_MAX_PACK
 from flumed.rpc.avro_protocol import Status as RpcStatus
-from flumed.rpc.stream import client_context, protocol_problems
 from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.tls import client_context, protocol_problems
 
 log = logging.getLogger("flumed.sinks.avro")
 

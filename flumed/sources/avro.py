@@ -43,8 +43,9 @@ from flumed.rpc.avro_protocol import (
 )
 from flumed.rpc.avro_transport import PackConnection
 from flumed.rpc.ipfilter import IpFilter, parse_rules
-from flumed.rpc.stream import Layer, build_layers, server_context, tls_problems
+from flumed.rpc.stream import Layer, build_layers
 from flumed.sources.base import Source
+from flumed.tls import check_tls, server_context
 
 log = logging.getLogger("flumed.sources.avro")
 
@@ -88,7 +89,7 @@ class AvroSourceConfig:
     )
 
     def check(self) -> list[str]:
-        problems = tls_problems(
+        problems = check_tls(
             self.ssl,
             self.certificate,
             self.keystore,

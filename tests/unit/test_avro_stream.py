@@ -16,9 +16,8 @@ from flumed.rpc.stream import (
     StreamError,
     ZlibLayer,
     build_layers,
-    client_context,
-    server_context,
 )
+from flumed.tls import client_context, server_context
 
 
 class TestZlib:
