@@ -747,7 +747,7 @@ class TaildirSource(Source):
             if size == tf.pos:
                 tf.caught_up = True
                 return "done"
-            if batches >= self._max_batches:
+            if batches >= self._max_batches or self._stopping.is_set():
                 tf.caught_up = False
                 return "more"
             tf.caught_up = False
@@ -788,7 +788,10 @@ class TaildirSource(Source):
 
     async def _commit(self, events: list[Event]) -> int | None:
         """Commit one batch. Returns None when committed, else how many leading events
-        the channel took before refusing (the rest must be offered again)."""
+        the channel took before refusing (the rest must be offered again); 0 without
+        trying once the source is stopping."""
+        if self._stopping.is_set():
+            return 0
         c = self.counter
         n = len(events)
         c.EventReceivedCount += n
