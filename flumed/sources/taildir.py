@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import resource
 import struct
 import time
 from collections.abc import Callable
@@ -404,6 +405,13 @@ class TaildirSource(Source):
         mbc = cfg.maxBatchCount
         self._max_batches = mbc if mbc > 0 else _DEFAULT_MAX_BATCH_COUNT
         self._backoffs = 0
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        #: Caught-up files beyond this many are closed (reopened when they grow), so that
+        #: thousands of files fit under systemd's default soft limit of 1024 descriptors.
+        self.max_open = max(16, soft // 2) if soft != resource.RLIM_INFINITY else 1 << 16
+        #: Loop turns and timed rescans, for tests that check the loop does not spin.
+        self.passes = 0
+        self.rescans = 0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -490,6 +498,7 @@ class TaildirSource(Source):
             now = time.monotonic()
             if now >= next_scan:
                 self._full = True
+                self.rescans += 1
                 next_scan = now + cfg.pollInterval / 1000
             try:
                 more, blocked = await self._pass()
@@ -540,11 +549,21 @@ class TaildirSource(Source):
 
     def _close_idle(self, now: float) -> None:
         timeout = self.config.idleTimeout / 1000
+        open_files = []
         for tf in list(self._files.values()):
+            if tf.fd is None:
+                continue
             if tf.caught_up and tf.ml_deadline is None and now - tf.last_active >= timeout:
                 tf.close()
                 if not tf.matched:
                     self._forget(tf)
+            else:
+                open_files.append(tf)
+        if len(open_files) > self.max_open:
+            closable = [tf for tf in open_files if tf.matched and tf.caught_up]
+            closable.sort(key=lambda tf: tf.last_active)
+            for tf in closable[: len(open_files) - self.max_open]:
+                tf.close()
 
     def _forget(self, tf: TailFile) -> None:
         tf.close()
@@ -676,6 +695,7 @@ class TaildirSource(Source):
 
     async def _pass(self) -> tuple[bool, bool]:
         """Read every file that may have grown. Returns (more to read, channel blocked)."""
+        self.passes += 1
         if self._full or self._relist:
             self._scan()
         if self._full:

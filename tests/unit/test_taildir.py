@@ -343,3 +343,45 @@ def test_properties_form_matches_toml():
     assert cfg.groups() == {"f1": ("/var/log/a", r".*\.log"), "f2": ("/var/log/b", "x.log")}
     assert cfg.group_headers() == {"f1": {"topic": "a"}}
     assert cfg.multiline_pattern == r"^\d"
+
+
+async def test_thousand_files_no_busy_loop(tmp_path):
+    t = Tail(tmp_path, pollInterval=50, writePosInterval=60_000)
+    for i in range(1000):
+        (t.dir / f"f{i:04d}.log").write_bytes(b"first %d\n" % i)
+    src = await t.start()
+    src.max_open = 100  # as under a low descriptor limit: caught-up files get closed
+    await t.bodies(1000)
+    for i in (3, 500, 999):
+        with (t.dir / f"f{i:04d}.log").open("ab") as f:
+            f.write(b"second %d\n" % i)
+    got = await t.bodies(1003)
+    assert sorted(got[1000:]) == [b"second 3", b"second 500", b"second 999"]
+    assert sum(tf.fd is not None for tf in src._files.values()) <= 100
+    # Idle: the loop turns once per rescan (plus stray wake-ups), it does not spin.
+    p0, r0 = src.passes, src.rescans
+    await wait_until(lambda: src.rescans >= r0 + 5, what="5 rescans")
+    assert src.passes - p0 <= 2 * (src.rescans - r0) + 2
+    await t.stop()
+
+
+async def test_polling_only(tmp_path):
+    t = Tail(tmp_path, inotify=False, pollInterval=20)
+    await t.start()
+    assert t.src._inotify is None
+    (t.dir / "a.log").write_bytes(lines(0, 10))
+    assert await t.bodies(10) == lines(0, 10).split()
+    await t.stop()
+
+
+async def test_idle_file_closed_and_reopened(tmp_path):
+    t = Tail(tmp_path, idleTimeout=0)
+    log = t.dir / "a.log"
+    log.write_bytes(lines(0, 10))
+    src = await t.start()
+    await t.bodies(10)
+    await wait_until(lambda: all(tf.fd is None for tf in src._files.values()), what="closed")
+    with log.open("ab") as f:
+        f.write(lines(10, 20))
+    assert await t.bodies(20) == lines(0, 20).split()
+    await t.stop()
