@@ -91,9 +91,30 @@ async def _run(extra: dict[str, Any], events: int) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def _idle_cpu(files: int, seconds: float = 3.0) -> float:
+    """CPU share of the process while `files` caught-up files sit idle (inotify + rescan)."""
+    tmp = Path(tempfile.mkdtemp(prefix="flumed-bench-"))
+    try:
+        for i in range(files):
+            (tmp / f"f{i:04d}.log").write_bytes(LINE)
+        agent = Agent(build_agent(_doc(tmp, {}), "a1", "bench"))
+        await agent.start()
+        sink = agent.sinks["k1"]
+        while sink.counter.EventDrainSuccessCount < files:
+            await asyncio.sleep(0.05)
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)  # the measured idle window, not a synchronisation
+        share = (time.process_time() - c0) / (time.perf_counter() - t0)
+        await agent.stop()
+        return share
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     cases: list[tuple[str, dict[str, Any], int]] = [
         ("taildir (growing file) -> memory -> null", {}, LINES),
+        ("taildir batchSize 100 (default) -> memory -> null", {"batchSize": 100}, LINES),
         (
             "taildir + fileHeader + byteOffsetHeader -> memory -> null",
             {"fileHeader": True, "byteOffsetHeader": True},
@@ -113,7 +134,13 @@ def main() -> None:
             f"{name}: {events / dt:,.0f} lines/s, {events * len(LINE) / dt / 1e6:.1f} MB/s",
             flush=True,
         )
+    idle()
 
 
 if __name__ == "__main__":
     main()
+
+
+def idle() -> None:
+    share = uvloop.run(_idle_cpu(1000))
+    print(f"taildir 1000 idle files: {share * 100:.1f}% of one core", flush=True)
