@@ -55,6 +55,8 @@ MAX_LINE = 64 << 20
 DIR_MTIME_SLACK = 2.0
 
 _DEFAULT_MAX_BATCH_COUNT = 2**63 - 1
+#: Seconds between two warnings about the same broken file.
+RATE_LIMIT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +411,7 @@ class TaildirSource(Source):
         #: Caught-up files beyond this many are closed (reopened when they grow), so that
         #: thousands of files fit under systemd's default soft limit of 1024 descriptors.
         self.max_open = max(16, soft // 2) if soft != resource.RLIM_INFINITY else 1 << 16
+        self._warned: dict[str, float] = {}
         #: Loop turns and timed rescans, for tests that check the loop does not spin.
         self.passes = 0
         self.rescans = 0
@@ -502,9 +505,10 @@ class TaildirSource(Source):
                 next_scan = now + cfg.pollInterval / 1000
             try:
                 more, blocked = await self._pass()
-            except Exception:
+            except Exception as e:
                 # Keep following the other files; the failing one is retried next pass.
-                log.exception("Source %s: error while reading files.", self.name)
+                self._warn("pass", "Source %s: error while reading files: %r", self.name, e)
+                log.debug("Source %s: read error.", self.name, exc_info=True)
                 self.counter.EventReadFail += 1
                 more, blocked = False, False
             now = time.monotonic()
@@ -723,12 +727,24 @@ class TaildirSource(Source):
                 more = True
         return more, False
 
+    def _warn(self, key: str, msg: str, *args: object) -> None:
+        """Log a warning about `key` at most once a minute (a broken file is retried at
+        every pass)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -RATE_LIMIT) >= RATE_LIMIT:
+            self._warned[key] = now
+            log.warning(msg, *args)
+
     def _open(self, tf: TailFile) -> bool:
         """Open (or re-open after idle) `tf`; False if its path holds another file now."""
         try:
             fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        except FileNotFoundError:
             self._relist.add(os.path.dirname(tf.path))
+            return False
+        except OSError as e:
+            self.counter.EventReadFail += 1
+            self._warn(tf.path, "Source %s: cannot open %s: %s", self.name, tf.path, e)
             return False
         if os.fstat(fd).st_ino != tf.inode:
             os.close(fd)

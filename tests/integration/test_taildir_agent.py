@@ -156,3 +156,30 @@ def test_sigkill_mid_file_loses_nothing(agent_factory, tmp_path):
     got = recorded(out)
     assert set(got) == set(numbered(0, 16_000).splitlines())
     assert sum(n - 1 for n in got.values()) <= 5000
+
+
+def test_flume_properties_file(agent_factory, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "out.txt"
+    (logs / "x.log").write_bytes(numbered(0, 100))
+    props = f"""
+a1.sources = r1
+a1.channels = c1
+a1.sinks = k1
+a1.sources.r1.type = org.apache.flume.source.taildir.TaildirSource
+a1.sources.r1.channels = c1
+a1.sources.r1.positionFile = {tmp_path}/pos.json
+a1.sources.r1.filegroups = f1
+a1.sources.r1.filegroups.f1 = {logs}/.*\\.log
+a1.sources.r1.headers.f1.topic = x
+a1.channels.c1.type = memory
+a1.sinks.k1.type = {RECORD}
+a1.sinks.k1.channel = c1
+a1.sinks.k1.path = {out}
+"""
+    a = agent_factory(props, properties=True)
+    wait_until_sync(lambda: count(out) >= 100, what="lines")
+    assert recorded(out) == collections.Counter(numbered(0, 100).splitlines())
+    assert a.counter("SOURCE.r1", "EventAcceptedCount") == 100
+    assert a.terminate() == 0
