@@ -42,6 +42,7 @@ from typing import Any
 from flumed.config.keys import group_named, key, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
+from flumed.lifecycle import LifecycleState
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.taildir")
@@ -442,6 +443,13 @@ class TaildirSource(Source):
         self._scan(initial=True, positions=positions)
         await super().start()
         self._task = asyncio.create_task(self._run(), name=f"source-{self.name}")
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A crash of the loop is no silent stop: the source turns FAILED (`/health`)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Source %s: stopped by an error: %r", self.name, task.exception())
+            self.state = LifecycleState.FAILED
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -452,10 +460,8 @@ class TaildirSource(Source):
             done, _ = await asyncio.wait({task}, timeout=10)
             if not done:
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
-            if not task.cancelled() and task.exception() is not None:
-                log.error("Source %s: failed: %r", self.name, task.exception())
         if self._executor is not None:
             try:
                 self._write_positions()

@@ -65,7 +65,7 @@ def test_rotation_restarts_and_new_files(agent_factory, tmp_path):
     app.write_bytes(numbered(0, 30_000))
 
     # A slow sink and a small channel: the source is pushed back mid-file; SIGTERM then.
-    a = agent_factory(conf(logs, pos, out, delay=0.01, capacity=1000))
+    a = agent_factory(conf(logs, pos, out, delay=0.02, capacity=1000))
     wait_until_sync(lambda: count(out) >= 3000, what="first lines")
     assert a.terminate() == 0
     first = count(out)
