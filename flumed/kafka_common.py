@@ -609,8 +609,8 @@ class Partitioner:
     """Chooses partitions as Kafka's Java producer does.
 
     A record with a partition keeps it; a keyed record goes to murmur2(key) % count;
-    records with neither stick to one partition for the whole call, the next call
-    moving to the next partition (Kafka's sticky partitioner, per batch).
+    records with neither stick to one partition until a batch's worth (batch.size) went
+    there, then move to the next (Kafka's sticky partitioner, KIP-480).
     """
 
     def __init__(self) -> None:
@@ -626,11 +626,16 @@ class Partitioner:
         return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
+#: Per-record overhead in a v2 record batch, roughly (length, attributes, deltas, counts).
+_RECORD_OVERHEAD = 16
+
+
 async def produce(
     producer: AIOKafkaProducer,
     records: Iterable[Record],
     partitioner: Partitioner,
     max_request_size: int,
+    batch_size: int,
     on_bad: Callable[[str, bool], None],
 ) -> int:
     """Send `records` in one batch per partition and wait until Kafka acknowledged all.
@@ -646,7 +651,7 @@ async def produce(
             acknowledged are then sent twice).
     """
     parts: dict[str, list[int]] = {}
-    sticky: dict[str, int] = {}
+    sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes sent there]
     groups: dict[tuple[str, int], list[Record]] = {}
     for rec in records:
         topic, partition, key, value, _, _ = rec
@@ -669,9 +674,11 @@ async def produce(
             if key is not None:
                 partition = Partitioner.keyed(key, plist)
             else:
-                partition = sticky.get(topic)
-                if partition is None:
-                    partition = sticky[topic] = partitioner.sticky(topic, plist)
+                st = sticky.get(topic)
+                if st is None or st[1] >= batch_size:
+                    st = sticky[topic] = [partitioner.sticky(topic, plist), 0]
+                st[1] += len(value) + _RECORD_OVERHEAD
+                partition = st[0]
         g = groups.get((topic, partition))
         if g is None:
             groups[(topic, partition)] = [rec]

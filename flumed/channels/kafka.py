@@ -233,6 +233,7 @@ class KafkaChannel(Channel):
         self._partitioner = Partitioner()
         self._warn = RateLimitedLog(log)
         self._max_request = int(self._popts.kwargs.get("max_request_size", 1048576))
+        self._batch_size = int(self._popts.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
         ptimeout = int(self._popts.kwargs.get("request_timeout_ms", 40000)) / 1000
         self._send_deadline = 2 * ptimeout + 5
         self._commit_timeout = int(self._copts.kwargs.get("request_timeout_ms", 40000)) / 1000 + 5
@@ -344,6 +345,7 @@ class KafkaChannel(Channel):
                     self._records(events),
                     self._partitioner,
                     self._max_request,
+                    self._batch_size,
                     self._bad_record,
                 )
         except (KafkaError, OSError, TimeoutError) as e:

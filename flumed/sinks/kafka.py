@@ -104,6 +104,7 @@ class KafkaSink(Sink):
         self._warn = RateLimitedLog(log)
         self._header_map = [(f, str(k)) for f, k in config.header.items()]
         self._max_request = int(self._options.kwargs.get("max_request_size", 1048576))
+        self._batch_size = int(self._options.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
         timeout_ms = int(self._options.kwargs.get("request_timeout_ms", 40000))
         # aiokafka fails a batch after request.timeout.ms; this only guards against a hang.
         self._deadline = 2 * timeout_ms / 1000 + 5

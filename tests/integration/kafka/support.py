@@ -7,6 +7,7 @@ sets the `topic` and `key` headers from a numeric body, so events can be routed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
 class JsonLinesSinkConfig:
     path: str = key()
     batchSize: int = key(1000, ge=1)
+    delay: float = key(0.0, ge=0, doc="Seconds slept per batch (to fill the channel).")
 
 
 class JsonLinesSink(Sink):
@@ -40,6 +42,8 @@ class JsonLinesSink(Sink):
             events = await tx.take_batch(self.config.batchSize, TAKE_TIMEOUT)
             if not events:
                 return Status.BACKOFF
+            if self.config.delay:
+                await asyncio.sleep(self.config.delay)
             self._fh.write(
                 "".join(
                     json.dumps({"h": e.headers, "b": e.body.decode("utf-8", "replace")}) + "\n"
