@@ -169,6 +169,7 @@ class KafkaSink(Sink):
                         self._records(events),
                         self._partitioner,
                         self._max_request,
+                        self._batch_size,
                         self._bad_record,
                     )
             except (KafkaError, OSError, TimeoutError) as e:
