@@ -10,7 +10,10 @@ not a sleep.
 (so that blocking test code does not stall it). `cut()` drops every connection and
 refuses new ones until `restore()`. Start the broker with `advertised_port=proxy.port`
 so that clients reach it only through the proxy. With `ssl_context` the proxy also
-terminates TLS, which this tansu build does not serve itself.
+terminates TLS, which this tansu build does not serve itself (its `--cert` and `--key`
+options cannot be given together). `SaslPlainProxy` adds SASL/PLAIN authentication in
+front of it, which tansu does not offer either (SCRAM only, with users it cannot create
+while authentication is on).
 
 Fixtures: `kafka_broker` (one broker per test session) and `tansu` (a factory of
 dedicated brokers, stopped after the test). Helpers: `create_topics`, `consume`.
@@ -208,6 +211,111 @@ class TcpProxy:
         self._thread.join(10)
 
 
+class SaslPlainProxy(TcpProxy):
+    """A TcpProxy that demands SASL/PLAIN, which this tansu build does not offer.
+
+    It answers SaslHandshake and SaslAuthenticate itself, checks the credentials
+    against `users`, forwards only ApiVersions before a client has authenticated, and
+    closes the connection of a client that fails or skips authentication. Afterwards it
+    forwards bytes as TcpProxy does.
+    """
+
+    def __init__(self, upstream_port: int, users: dict[str, str], **kw: Any) -> None:
+        super().__init__(upstream_port, **kw)
+        self.users = users
+        self.authenticated: list[str] = []
+        self.rejected = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections_accepted += 1
+        try:
+            ureader, uwriter = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        try:
+            ok = await self._authenticate(reader, writer, ureader, uwriter)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, struct.error):
+            ok = False
+        if not ok:
+            self.rejected += 1
+            writer.transport.abort()
+            uwriter.transport.abort()
+            return
+        pair = (writer, uwriter)
+        self._pairs.add(pair)
+        try:
+            await asyncio.gather(_pipe(reader, uwriter), _pipe(ureader, writer))
+        finally:
+            self._pairs.discard(pair)
+
+    def _check(self, token: bytes) -> bool:
+        # RFC 4616: authzid NUL authcid NUL passwd
+        parts = token.split(b"\0")
+        if len(parts) != 3:
+            return False
+        user, password = parts[1].decode(), parts[2].decode()
+        if self.users.get(user) == password:
+            self.authenticated.append(user)
+            return True
+        return False
+
+    async def _authenticate(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ureader: asyncio.StreamReader,
+        uwriter: asyncio.StreamWriter,
+    ) -> bool:
+        raw_token = False  # SaslHandshake v0: the token follows bare, with no header
+        while True:
+            frame = await _read_frame(reader)
+            if raw_token:
+                ok = self._check(frame)
+                if ok:
+                    writer.write(struct.pack(">i", 0))
+                    await writer.drain()
+                return ok
+            api_key, version, corr = struct.unpack(">hhi", frame[:8])
+            (n,) = struct.unpack(">h", frame[8:10])
+            body = frame[10 + max(n, 0) :]  # after the client id
+            if api_key == 18:  # ApiVersions: the broker answers
+                uwriter.write(struct.pack(">i", len(frame)) + frame)
+                await uwriter.drain()
+                resp = await _read_frame(ureader)
+                writer.write(struct.pack(">i", len(resp)) + resp)
+            elif api_key == 17:  # SaslHandshake
+                (m,) = struct.unpack(">h", body[:2])
+                mechanism = body[2 : 2 + m].decode()
+                error = 0 if mechanism == "PLAIN" else 33  # UNSUPPORTED_SASL_MECHANISM
+                resp = struct.pack(">ihih", corr, error, 1, 5) + b"PLAIN"
+                writer.write(struct.pack(">i", len(resp)) + resp)
+                if error:
+                    await writer.drain()
+                    return False
+                raw_token = version == 0
+            elif api_key == 36:  # SaslAuthenticate
+                (t,) = struct.unpack(">i", body[:4])
+                ok = self._check(body[4 : 4 + t])
+                error, msg = (0, b"") if ok else (58, b"Authentication failed")
+                resp = struct.pack(">ih", corr, error)
+                resp += struct.pack(">h", len(msg)) + msg if msg else struct.pack(">h", -1)
+                resp += struct.pack(">i", 0)  # no auth bytes back
+                if version >= 1:
+                    resp += struct.pack(">q", 0)  # session lifetime
+                writer.write(struct.pack(">i", len(resp)) + resp)
+                await writer.drain()
+                return ok
+            else:
+                return False  # nothing else before authentication
+            await writer.drain()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    return await reader.readexactly(size)
+
+
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(1 << 16):
@@ -222,12 +330,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 # -- client-side helpers (async, aiokafka) --------------------------------------------------
 
 
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+async def create_topics(bootstrap: str, topics: dict[str, int], **client: Any) -> None:
     """Create topics with the given partition counts (tansu's auto-created topics have a
     fixed count; explicit ones make partition-dependent tests deterministic)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
@@ -241,6 +349,7 @@ async def consume(
     until: Callable[[list[Any]], bool],
     timeout: float = 60.0,
     group: str | None = None,
+    **client: Any,
 ) -> list[Any]:
     """Read `topics` from the beginning until `until(records)` holds; return the records.
 
@@ -255,6 +364,7 @@ async def consume(
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client,
     )
     await consumer.start()
     out: list[Any] = []
