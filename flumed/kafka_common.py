@@ -650,23 +650,34 @@ async def produce(
             acknowledged; the caller rolls back and tries again (the ones that were
             acknowledged are then sent twice).
     """
+    # topic -> partition -> records; the loop keeps the current topic's state in locals,
+    # since a batch mostly goes to one topic.
+    groups: dict[str, dict[int, list[Record]]] = {}
     parts: dict[str, list[int]] = {}
     sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes sent there]
-    groups: dict[tuple[str, int], list[Record]] = {}
+    cur_topic: str | None = None
+    plist: list[int] = []
+    tgroups: dict[int, list[Record]] = {}
+    st: list[int] = [0, 0]
     for rec in records:
         topic, partition, key, value, _, _ = rec
-        if len(value) + (len(key) if key else 0) > max_request_size:
+        size = len(value) if key is None else len(value) + len(key)
+        if size > max_request_size:
             on_bad(
-                f"a {len(value)}-byte record for topic {topic} exceeds max.request.size "
+                f"a {size}-byte record for topic {topic} exceeds max.request.size "
                 f"{max_request_size}; it was dropped",
                 True,
             )
             continue
-        plist = parts.get(topic)
-        if plist is None:
-            plist = parts[topic] = sorted(await producer.partitions_for(topic))
-            if not plist:
-                raise ConnectionError(f"no partition of topic {topic} is known")
+        if topic != cur_topic:
+            if topic not in parts:
+                known = sorted(await producer.partitions_for(topic))
+                if not known:
+                    raise ConnectionError(f"no partition of topic {topic} is known")
+                parts[topic] = known
+                groups[topic] = {}
+                sticky[topic] = [partitioner.sticky(topic, known), 0]
+            cur_topic, plist, tgroups, st = topic, parts[topic], groups[topic], sticky[topic]
         if partition is not None and partition not in plist:
             on_bad(f"topic {topic} has no partition {partition}; partitioned by key instead", False)
             partition = None
@@ -674,19 +685,19 @@ async def produce(
             if key is not None:
                 partition = Partitioner.keyed(key, plist)
             else:
-                st = sticky.get(topic)
-                if st is None or st[1] >= batch_size:
-                    st = sticky[topic] = [partitioner.sticky(topic, plist), 0]
-                st[1] += len(value) + _RECORD_OVERHEAD
+                if st[1] >= batch_size:
+                    st[0], st[1] = partitioner.sticky(topic, plist), 0
+                st[1] += size + _RECORD_OVERHEAD
                 partition = st[0]
-        g = groups.get((topic, partition))
+        g = tgroups.get(partition)
         if g is None:
-            groups[(topic, partition)] = [rec]
+            tgroups[partition] = [rec]
         else:
             g.append(rec)
     futures: list[asyncio.Future[Any]] = []
     sent = 0
-    for (topic, partition), recs in groups.items():
+    pieces = [(t, p, recs) for t, tg in groups.items() for p, recs in tg.items()]
+    for topic, partition, recs in pieces:
         builder = producer.create_batch()
         n = 0
         for _, _, key, value, headers, ts in recs:

@@ -56,8 +56,8 @@ class KafkaSourceConfig:
     group_id: str = key("flume", name="kafka.consumer.group.id")
     batchSize: int = key(1000, ge=1, doc="Most events per channel transaction.")
     batchDurationMillis: int = key(1000, ge=1, doc="Most ms spent filling one batch.")
-    backoffSleepIncrement: int = key(50, ge=1, doc="ms added to the wait per empty poll.")
-    maxBackoffSleep: int = key(1000, ge=1, doc="Longest wait after empty polls (ms).")
+    backoffSleepIncrement: int = key(1000, ge=1, doc="ms added to the wait per empty poll.")
+    maxBackoffSleep: int = key(5000, ge=1, doc="Longest wait after empty polls (ms).")
     useFlumeEventFormat: bool = key(False, doc="Records are AvroFlumeEvents (headers kept).")
     setTopicHeader: bool = key(True)
     topicHeader: str = key("topic")
@@ -94,23 +94,35 @@ class KafkaSourceConfig:
 class _Pending:
     """A batch read from Kafka and not yet accepted by the channel(s)."""
 
-    __slots__ = ("events", "generation", "origin", "records")
+    __slots__ = ("events", "generation", "offsets", "origin", "records")
 
     def __init__(
-        self, events: list[Event], origin: list[int], records: list[Any], generation: int
+        self,
+        events: list[Event],
+        origin: list[int] | None,
+        records: list[Any],
+        offsets: dict[TopicPartition, int],
+        generation: int,
     ) -> None:
         self.events = events
-        self.origin = origin  # events[i] was made from records[origin[i]]
+        # events[i] was made from records[origin[i]]; None: from records[i] (no record
+        # was unreadable).
+        self.origin = origin
         self.records = records  # every record read, unreadable ones included
+        self.offsets = offsets  # what to commit once all of them are in the channel
         self.generation = generation
 
     def cut(self, accepted: int) -> list[Any]:
         """Drop the first `accepted` events; returns the records they (and any unreadable
         records among them) came from."""
-        end = self.origin[accepted] if accepted < len(self.events) else len(self.records)
+        if accepted >= len(self.events):
+            end = len(self.records)
+        else:
+            end = self.origin[accepted] if self.origin is not None else accepted
         head, self.records = self.records[:end], self.records[end:]
         del self.events[:accepted]
-        self.origin = [i - end for i in self.origin[accepted:]]
+        if self.origin is not None:
+            self.origin = [i - end for i in self.origin[accepted:]]
         return head
 
 
@@ -262,7 +274,7 @@ class KafkaSource(PollableSource):
         if self._paused:
             self._paused = False
             consumer.resume(*consumer.paused())
-        await self._commit(consumer, _offsets(pending.records))
+        await self._commit(consumer, pending.offsets)
         return Status.READY
 
     async def _refused(
@@ -308,31 +320,71 @@ class KafkaSource(PollableSource):
             return
         self.counter.KafkaCommitTimer += elapsed_ms(t0)
 
-    async def _poll(self, consumer: AIOKafkaConsumer) -> list[Any]:
-        """Up to batchSize records, waiting at most batchDurationMillis in all."""
+    async def _poll(self, consumer: AIOKafkaConsumer) -> list[tuple[TopicPartition, list[Any]]]:
+        """Up to batchSize records, waiting at most batchDurationMillis in all; as
+        (partition, records) pieces in the order they came."""
         loop = asyncio.get_running_loop()
         want = self.config.batchSize
         deadline = loop.time() + self.config.batchDurationMillis / 1000
-        out: list[Any] = []
+        out: list[tuple[TopicPartition, list[Any]]] = []
+        n = 0
         while True:
             remaining = deadline - loop.time()
-            got = await getmany(consumer, max(0.0, remaining), want - len(out))
-            for recs in got.values():
-                out.extend(recs)
-            if not got or len(out) >= want or remaining <= 0:
+            got = await getmany(consumer, max(0.0, remaining), want - n)
+            for tp, recs in got.items():
+                out.append((tp, recs))
+                n += len(recs)
+            if not got or n >= want or remaining <= 0:
                 return out
 
-    def _to_pending(self, records: list[Any], generation: int) -> _Pending:
+    def _to_pending(
+        self, pieces: list[tuple[TopicPartition, list[Any]]], generation: int
+    ) -> _Pending:
         """Events with Flume's headers. Unreadable records (not an AvroFlumeEvent with
         useFlumeEventFormat) are counted, logged and skipped; their offsets are committed
         with the batch."""
         cfg = self.config
-        avro = cfg.useFlumeEventFormat
         topic_header = cfg.topicHeader if cfg.setTopicHeader else None
-        header_map = self._header_map
         events: list[Event] = []
-        origin: list[int] = []
-        for i, r in enumerate(records):
+        records: list[Any] = []
+        offsets: dict[TopicPartition, int] = {}
+        origin: list[int] | None = None
+        for tp, recs in pieces:
+            offsets[tp] = recs[-1].offset + 1
+            if cfg.useFlumeEventFormat or self._header_map or topic_header is None:
+                origin = self._general(recs, events, len(records), origin, topic_header)
+            else:
+                # The common case, kept tight: one dict display per record.
+                topic, part = tp.topic, str(tp.partition)
+                for r in recs:
+                    h = {
+                        "timestamp": str(r.timestamp),
+                        topic_header: topic,
+                        "partition": part,
+                        "offset": str(r.offset),
+                    }
+                    if r.key is not None:
+                        h["key"] = r.key.decode("utf-8", "replace")
+                    events.append(Event(r.value if r.value is not None else b"", h))
+                if origin is not None:
+                    origin.extend(range(len(records), len(records) + len(recs)))
+            records.extend(recs)
+        return _Pending(events, origin, records, offsets, generation)
+
+    def _general(
+        self,
+        recs: list[Any],
+        events: list[Event],
+        base: int,
+        origin: list[int] | None,
+        topic_header: str | None,
+    ) -> list[int] | None:
+        """Events of `recs` with every option: Flume's Avro format (headers carried in
+        the record win), header mapping, no topic header. Returns `origin`, created at
+        the first unreadable record."""
+        avro = self.config.useFlumeEventFormat
+        header_map = self._header_map
+        for i, r in enumerate(recs, base):
             body = r.value if r.value is not None else b""
             if avro:
                 try:
@@ -348,6 +400,8 @@ class KafkaSource(PollableSource):
                         r.offset,
                         e,
                     )
+                    if origin is None:
+                        origin = list(range(len(events)))
                     continue
                 h = ev.headers
             else:
@@ -369,5 +423,6 @@ class KafkaSource(PollableSource):
             if r.key is not None:
                 h["key"] = r.key.decode("utf-8", "replace")
             events.append(ev)
-            origin.append(i)
-        return _Pending(events, origin, records, generation)
+            if origin is not None:
+                origin.append(i)
+        return origin

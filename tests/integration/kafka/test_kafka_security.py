@@ -75,6 +75,8 @@ channels = ["c2"]
 "kafka.consumer.group.id" = "{_name("g")}"
 "kafka.consumer.auto.offset.reset" = "earliest"
 batchDurationMillis = 100
+backoffSleepIncrement = 50
+maxBackoffSleep = 200
 {consumer}
 
 [agents.a1.channels.c2]

@@ -62,6 +62,8 @@ channels = ["c1"]
 "kafka.consumer.heartbeat.interval.ms" = 1000
 batchSize = 500
 batchDurationMillis = 200
+backoffSleepIncrement = 50
+maxBackoffSleep = 200
 {extra}
 
 [agents.a1.channels.c1]
