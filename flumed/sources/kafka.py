@@ -250,16 +250,16 @@ class KafkaSource(PollableSource):
             generation = self._generation
             t0 = time.perf_counter()
             try:
-                records = await self._poll(consumer)
+                pieces = await self._poll(consumer)
             except KafkaError as e:
                 self._warn(logging.WARNING, "Source %s: reading Kafka failed: %s", self.name, e)
                 counter.GenericProcessingFail += 1
                 return Status.BACKOFF
-            if not records:
+            if not pieces:
                 counter.KafkaEmptyCount += 1
                 return Status.BACKOFF
             counter.KafkaEventGetTimer += elapsed_ms(t0)
-            pending = self._pending = self._to_pending(records, generation)
+            pending = self._pending = self._to_pending(pieces, generation)
             counter.EventReceivedCount += len(pending.events)
             counter.AppendBatchReceivedCount += 1
         if pending.events:

@@ -1,0 +1,28 @@
+"""Logging helpers shared by components."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+
+class RateLimitedLog:
+    """Log a warning at most once per `interval` seconds, counting what was held back."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last = 0.0
+        self._held = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._held += 1
+            return
+        if self._held:
+            msg += " (%d similar warnings held back)"
+            args = (*args, self._held)
+        self._last = now
+        self._held = 0
+        self.logger.warning(msg, *args)
