@@ -2,7 +2,7 @@
 
 `python -m tests.bench kafka`. Bodies are 100 bytes; the sink and the channel use
 acks=all. Figures are events/s and MB/s of bodies, the median of three runs, each run
-timed from the first event to the last (a consumer group's join, 3–5 s with tansu, is
+timed from the first event to the last (a consumer group's join, 3 to 5 s with tansu, is
 left out and printed apart).
 
 - seq → memory → kafka sink (flumeBatchSize 1000)
