@@ -1,0 +1,249 @@
+"""Sink `kafka` (Flume's org.apache.flume.sink.kafka.KafkaSink), on aiokafka.
+
+Keys as Flume's: `kafka.bootstrap.servers`, `kafka.topic`, `flumeBatchSize`,
+`useFlumeEventFormat`, `defaultPartitionId`, `partitionIdHeader`, `allowTopicOverride`,
+`topicHeader`, `timestampHeader`, `header.<flume header> = <kafka header>`, and
+`kafka.producer.*` in Kafka's spelling (see flumed.kafka_common).
+
+One `process()` call takes a batch, sends it in one Kafka batch per partition, and
+commits the take only once Kafka acknowledged every record (acks=all by default). A
+broker that is down or slow fails the call: the take rolls back and the runner backs
+off, so nothing is lost; records acknowledged before the failure are sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from flumed.config.keys import key, prefix
+from flumed.errors import DeliveryError
+from flumed.event import Event
+from flumed.kafka_common import (
+    DEFAULT_BATCH_BYTES,
+    LEGAL_TOPIC,
+    ClientOptions,
+    KafkaSinkCounter,
+    Partitioner,
+    RateLimitedLog,
+    Record,
+    client_options,
+    describe,
+    elapsed_ms,
+    encode_flume_event,
+    log_options,
+    produce,
+    servers_problems,
+    split_servers,
+)
+from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+
+log = logging.getLogger("flumed.sinks.kafka")
+
+_ESCAPE = re.compile(r"%\{([^}]*)\}")
+
+
+def _escape(template: str, headers: dict[str, str]) -> str:
+    """Flume's `%{header}` escapes (BucketPath's header form; no time escapes)."""
+    return _ESCAPE.sub(lambda m: headers.get(m.group(1), ""), template)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSinkConfig:
+    bootstrap_servers: str = key(name="kafka.bootstrap.servers", doc="host:port,host:port")
+    topic: str = key("default-flume-topic", name="kafka.topic", doc="May hold %{header} escapes.")
+    flumeBatchSize: int = key(100, ge=1, doc="Events taken and sent per transaction.")
+    useFlumeEventFormat: bool = key(False, doc="Wrap headers and body in an AvroFlumeEvent.")
+    defaultPartitionId: int | None = key(None, ge=0)
+    partitionIdHeader: str | None = key(None)
+    allowTopicOverride: bool = key(True)
+    topicHeader: str = key("topic")
+    timestampHeader: str | None = key(None, doc="Header holding the record's timestamp (ms).")
+    header: dict[str, Any] = prefix("header", doc="header.<flume header> = <kafka header>")
+    producer: dict[str, Any] = prefix("kafka.producer", doc="Kafka producer keys.")
+
+    def options(self) -> ClientOptions:
+        return client_options(self.producer, "producer")
+
+    def check(self) -> list[str]:
+        problems = servers_problems(self.bootstrap_servers)
+        opts = self.options()
+        problems += opts.problems
+        log_options([opts])
+        if "%{" not in self.topic and not LEGAL_TOPIC.match(self.topic):
+            problems.append(
+                f"key 'kafka.topic': {self.topic!r} is not a legal Kafka topic name "
+                "(letters, digits, '.', '_', '-'; at most 249)"
+            )
+        return problems
+
+
+class KafkaSink(Sink):
+    """Publishes events to Kafka; see the module docstring."""
+
+    Config = KafkaSinkConfig
+    description = "Publishes events to Kafka topics."
+    config: KafkaSinkConfig
+    counter: KafkaSinkCounter
+
+    def __init__(self, name: str, config: Any) -> None:
+        super().__init__(name, config)
+        self.counter = KafkaSinkCounter(name)
+        self._options = config.options()
+        self._kwargs: dict[str, Any] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = Partitioner()
+        self._warn = RateLimitedLog(log)
+        self._header_map = [(f, str(k)) for f, k in config.header.items()]
+        self._max_request = int(self._options.kwargs.get("max_request_size", 1048576))
+        self._batch_size = int(self._options.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
+        timeout_ms = int(self._options.kwargs.get("request_timeout_ms", 40000))
+        # aiokafka fails a batch after request.timeout.ms; this only guards against a hang.
+        self._deadline = 2 * timeout_ms / 1000 + 5
+        self._fallback_topic = config.topic if "%{" not in config.topic else None
+
+    async def start(self) -> None:
+        """Reads the TLS files (a bad one fails the start); connects on first use, so an
+        unreachable broker does not keep the agent from starting."""
+        defaults = {"acks": "all", "max_batch_size": DEFAULT_BATCH_BYTES}
+        self._kwargs = {**defaults, **self._options.build()}
+        self._kwargs["bootstrap_servers"] = split_servers(self.config.bootstrap_servers)
+        self._kwargs.setdefault("client_id", f"flumed-{self.name}")
+        await super().start()
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 10)
+            except (KafkaError, OSError, TimeoutError) as e:
+                log.warning("Sink %s: Kafka producer did not close cleanly: %s", self.name, e)
+        await super().stop()
+
+    async def _connect(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        producer = AIOKafkaProducer(**self._kwargs)
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as e:
+            self.counter.ConnectionFailedCount += 1
+            await producer.stop()
+            raise DeliveryError(
+                f"Sink {self.name}: cannot reach Kafka at {self.config.bootstrap_servers}: {e}"
+            ) from e
+        self.counter.ConnectionCreatedCount += 1
+        log.info("Sink %s connected to Kafka at %s.", self.name, self.config.bootstrap_servers)
+        self._producer = producer
+        return producer
+
+    async def process(self) -> Status:
+        """One transaction: take up to flumeBatchSize, send, wait for every ack, commit.
+
+        Raises:
+            DeliveryError: Kafka is unreachable or did not acknowledge the batch in time
+                (the take is rolled back).
+        """
+        producer = await self._connect()
+        n = self.config.flumeBatchSize
+        counter = self.counter
+        async with self.channel.transaction() as tx:
+            events = await tx.take_batch(n, TAKE_TIMEOUT)
+            counter.batch(len(events), n)
+            if not events:
+                return Status.BACKOFF
+            counter.EventDrainAttemptCount += len(events)
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(self._deadline):
+                    await produce(
+                        producer,
+                        self._records(events),
+                        self._partitioner,
+                        self._max_request,
+                        self._batch_size,
+                        self._bad_record,
+                    )
+            except (KafkaError, OSError, TimeoutError) as e:
+                counter.EventWriteFail += 1
+                counter.RollbackCount += 1
+                raise DeliveryError(
+                    f"Sink {self.name}: Kafka did not acknowledge a batch of {len(events)} "
+                    f"events ({describe(e)}); it stays in the channel"
+                ) from e
+            counter.KafkaEventSendTimer += elapsed_ms(t0)
+        counter.EventDrainSuccessCount += len(events)
+        return Status.READY
+
+    def _bad_record(self, what: str, dropped: bool = False) -> None:
+        # Counted always, logged at most once a second; ERROR when an event is lost.
+        self.counter.EventWriteFail += 1
+        self._warn(logging.ERROR if dropped else logging.WARNING, "Sink %s: %s.", self.name, what)
+
+    def _records(self, events: list[Event]) -> Iterator[Record]:
+        """The Kafka record of each event, as Flume's KafkaSink builds it."""
+        cfg = self.config
+        default_topic = cfg.topic
+        escaped = "%{" in default_topic
+        topic_header = cfg.topicHeader if cfg.allowTopicOverride else None
+        pid_header = cfg.partitionIdHeader
+        static_pid = cfg.defaultPartitionId
+        ts_header = cfg.timestampHeader
+        header_map = self._header_map
+        avro = cfg.useFlumeEventFormat
+        for e in events:
+            h = e.headers
+            topic = h.get(topic_header) if topic_header is not None else None
+            if topic is None:
+                topic = _escape(default_topic, h) if escaped else default_topic
+            if topic is not default_topic and not LEGAL_TOPIC.match(topic):
+                if self._fallback_topic is None:
+                    self._bad_record(
+                        f"topic name {topic!r} is not legal; the event was dropped", True
+                    )
+                    continue
+                self._bad_record(
+                    f"topic name {topic!r} is not legal; sent to {self._fallback_topic} instead"
+                )
+                topic = self._fallback_topic
+            partition = static_pid
+            if pid_header is not None:
+                v = h.get(pid_header)
+                if v is not None:
+                    try:
+                        partition = int(v)
+                        if partition < 0:
+                            raise ValueError
+                    except ValueError:
+                        partition = static_pid
+                        self._bad_record(
+                            f"header {pid_header}={v!r} is not a partition number; ignored"
+                        )
+            ts = None
+            if ts_header is not None:
+                v = h.get(ts_header)
+                if v is not None:
+                    try:
+                        ts = int(v)
+                    except ValueError:
+                        self._bad_record(f"header {ts_header}={v!r} is not a timestamp; ignored")
+            k = h.get("key")
+            kheaders = None
+            if header_map:
+                kheaders = [(kn, h[fn].encode()) for fn, kn in header_map if fn in h] or None
+            yield (
+                topic,
+                partition,
+                None if k is None else k.encode(),
+                encode_flume_event(e) if avro else e.body,
+                kheaders,
+                ts,
+            )
