@@ -123,24 +123,6 @@ def elapsed_ms(t0: float) -> int:
     return int((time.perf_counter() - t0) * 1000)
 
 
-class RateLimitedLog:
-    """Logs at most one line a second (bad input must not flood the log); the rest are
-    only counted, by the caller."""
-
-    __slots__ = ("_last", "_logger", "interval")
-
-    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
-        self._logger = logger
-        self._last = -interval
-        self.interval = interval
-
-    def __call__(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            self._logger.log(level, msg, *args)
-
-
 class _RepeatFilter(logging.Filter):
     """Lets one record per message template through every `interval` seconds.
 

@@ -7,7 +7,11 @@ import time
 
 
 class RateLimitedLog:
-    """Log a warning at most once per `interval` seconds, counting what was held back."""
+    """Log at most one line per `interval` seconds, counting what was held back.
+
+    For bad input and outages: the problem stays visible without flooding the journal;
+    callers count every occurrence in their counters.
+    """
 
     def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
         self.logger = logger
@@ -16,6 +20,9 @@ class RateLimitedLog:
         self._held = 0
 
     def warn(self, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, msg, *args)
+
+    def log(self, level: int, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             self._held += 1
@@ -25,4 +32,4 @@ class RateLimitedLog:
             args = (*args, self._held)
         self._last = now
         self._held = 0
-        self.logger.warning(msg, *args)
+        self.logger.log(level, msg, *args)

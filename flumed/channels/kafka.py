@@ -45,7 +45,6 @@ from flumed.kafka_common import (
     ClientOptions,
     KafkaChannelCounter,
     Partitioner,
-    RateLimitedLog,
     Record,
     client_options,
     decode_flume_event,
@@ -58,6 +57,7 @@ from flumed.kafka_common import (
     servers_problems,
     split_servers,
 )
+from flumed.logs import RateLimitedLog
 
 log = logging.getLogger("flumed.channels.kafka")
 
@@ -231,7 +231,7 @@ class KafkaChannel(Channel):
         self._no_held_take.set()
         self._position: dict[TopicPartition, int] = {}
         self._partitioner = Partitioner()
-        self._warn = RateLimitedLog(log)
+        self._warn = RateLimitedLog(log, interval=1.0)
         self._max_request = int(self._popts.kwargs.get("max_request_size", 1048576))
         self._batch_size = int(self._popts.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
         ptimeout = int(self._popts.kwargs.get("request_timeout_ms", 40000)) / 1000
@@ -359,7 +359,7 @@ class KafkaChannel(Channel):
     def _bad_record(self, what: str, dropped: bool) -> None:
         self.counter.EventPutErrorCount += 1
         level = logging.ERROR if dropped else logging.WARNING
-        self._warn(level, "Channel %s: %s.", self.name, what)
+        self._warn.log(level, "Channel %s: %s.", self.name, what)
 
     def _records(self, events: list[Event]) -> Iterator[Record]:
         cfg = self.config
@@ -396,7 +396,7 @@ class KafkaChannel(Channel):
                     ev = decode_flume_event(value)
                 except ValueError as e:
                     self.counter.EventTakeErrorCount += 1
-                    self._warn(
+                    self._warn.log(
                         logging.WARNING,
                         "Channel %s: record %s-%d@%d skipped: %s (is parseAsFlumeEvent right?)",
                         self.name,
@@ -428,7 +428,7 @@ class KafkaChannel(Channel):
             async with asyncio.timeout(self._commit_timeout):
                 await consumer.commit(offsets)
         except (KafkaError, OSError, TimeoutError) as e:
-            self._warn(
+            self._warn.log(
                 logging.WARNING,
                 "Channel %s: committing offsets failed (%s); those events may be taken again.",
                 self.name,

@@ -33,7 +33,6 @@ from flumed.kafka_common import (
     ClientOptions,
     KafkaSinkCounter,
     Partitioner,
-    RateLimitedLog,
     Record,
     client_options,
     describe,
@@ -44,6 +43,7 @@ from flumed.kafka_common import (
     servers_problems,
     split_servers,
 )
+from flumed.logs import RateLimitedLog
 from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
 
 log = logging.getLogger("flumed.sinks.kafka")
@@ -101,7 +101,7 @@ class KafkaSink(Sink):
         self._kwargs: dict[str, Any] = {}
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = Partitioner()
-        self._warn = RateLimitedLog(log)
+        self._warn = RateLimitedLog(log, interval=1.0)
         self._header_map = [(f, str(k)) for f, k in config.header.items()]
         self._max_request = int(self._options.kwargs.get("max_request_size", 1048576))
         self._batch_size = int(self._options.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
@@ -186,7 +186,9 @@ class KafkaSink(Sink):
     def _bad_record(self, what: str, dropped: bool = False) -> None:
         # Counted always, logged at most once a second; ERROR when an event is lost.
         self.counter.EventWriteFail += 1
-        self._warn(logging.ERROR if dropped else logging.WARNING, "Sink %s: %s.", self.name, what)
+        self._warn.log(
+            logging.ERROR if dropped else logging.WARNING, "Sink %s: %s.", self.name, what
+        )
 
     def _records(self, events: list[Event]) -> Iterator[Record]:
         """The Kafka record of each event, as Flume's KafkaSink builds it."""

@@ -33,7 +33,6 @@ from flumed.event import Event
 from flumed.kafka_common import (
     ClientOptions,
     KafkaSourceCounter,
-    RateLimitedLog,
     client_options,
     decode_flume_event,
     describe,
@@ -43,6 +42,7 @@ from flumed.kafka_common import (
     servers_problems,
     split_servers,
 )
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import PollableSource, Status
 
 log = logging.getLogger("flumed.sources.kafka")
@@ -170,7 +170,7 @@ class KafkaSource(PollableSource):
         self._pending: _Pending | None = None
         self._paused = False
         self._generation = 0
-        self._warn = RateLimitedLog(log)
+        self._warn = RateLimitedLog(log, interval=1.0)
         self._header_map = [(f, str(k)) for f, k in config.header.items()]
         timeout_ms = int(self._options.kwargs.get("request_timeout_ms", 40000))
         self._commit_timeout = timeout_ms / 1000 + 5
@@ -212,7 +212,7 @@ class KafkaSource(PollableSource):
             await consumer.start()
         except (KafkaError, OSError) as e:
             await consumer.stop()
-            self._warn(
+            self._warn.log(
                 logging.WARNING,
                 "Source %s: cannot reach Kafka at %s: %s",
                 self.name,
@@ -252,7 +252,7 @@ class KafkaSource(PollableSource):
             try:
                 pieces = await self._poll(consumer)
             except KafkaError as e:
-                self._warn(logging.WARNING, "Source %s: reading Kafka failed: %s", self.name, e)
+                self._warn.log(logging.WARNING, "Source %s: reading Kafka failed: %s", self.name, e)
                 counter.GenericProcessingFail += 1
                 return Status.BACKOFF
             if not pieces:
@@ -290,7 +290,7 @@ class KafkaSource(PollableSource):
         if not self._paused:
             self._paused = True
             consumer.pause(*consumer.assignment())
-        self._warn(
+        self._warn.log(
             logging.WARNING,
             "Source %s: channel refused %d events; consumption paused until they fit: %s",
             self.name,
@@ -311,7 +311,7 @@ class KafkaSource(PollableSource):
                 await consumer.commit(offsets)
         except (KafkaError, OSError, TimeoutError) as e:
             self.counter.GenericProcessingFail += 1
-            self._warn(
+            self._warn.log(
                 logging.WARNING,
                 "Source %s: committing offsets failed (%s); those records may be read again.",
                 self.name,
@@ -391,7 +391,7 @@ class KafkaSource(PollableSource):
                     ev = decode_flume_event(body)
                 except ValueError as e:
                     self.counter.EventReadFail += 1
-                    self._warn(
+                    self._warn.log(
                         logging.WARNING,
                         "Source %s: record %s-%d@%d skipped: %s (is useFlumeEventFormat right?)",
                         self.name,
