@@ -83,6 +83,13 @@ CREATE TABLE damaged (
 );
 """
 TABLES = frozenset({"batches", "offsets", "damaged"})
+#: Run on a new, empty database: settings that only take effect before the first table.
+CREATE_PRAGMAS = (f"PRAGMA page_size = {PAGE_SIZE}", "PRAGMA auto_vacuum = INCREMENTAL")
+CREATE_SCRIPT = (
+    f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; "
+    f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+)
+INSERT_BATCH = "INSERT INTO batches (id, count, crc, data) VALUES (?, ?, ?, ?)"
 
 #: Body bytes of recently put batches kept decoded in memory (0: always read back).
 DEFAULT_CACHE_BYTES = 64 * MB
@@ -655,14 +662,10 @@ class FileChannel(Channel):
     async def _create_schema(self) -> None:
         db = self._db
         assert db is not None
-        # page_size and auto_vacuum take effect only before the first table exists.
-        await db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        for pragma in CREATE_PRAGMAS:
+            await db.execute(pragma)
         await self._set_pragmas()
-        await db.executescript(
-            f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; "
-            f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+        await db.executescript(CREATE_SCRIPT)
 
     async def _set_pragmas(self) -> None:
         db = self._db
@@ -673,6 +676,9 @@ class FileChannel(Channel):
         sync = "FULL" if self.config.fsyncPerTransaction else "NORMAL"
         await db.execute(f"PRAGMA synchronous = {sync}")
         await db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        # Debian and others build SQLite with SECURE_DELETE, which rewrites every page a
+        # take frees (zeroed): twice the writes. FAST zeroes only what costs no extra I/O.
+        await db.execute("PRAGMA secure_delete = FAST")
 
     async def _load_index(self) -> int:
         """Rebuild the queue from the rows on disk. Returns the number of rows."""
@@ -923,9 +929,7 @@ class FileChannel(Channel):
             if db is None:
                 raise ValueError("the database is closed")
             if inserts:
-                await db.executemany(
-                    "INSERT INTO batches (id, count, crc, data) VALUES (?, ?, ?, ?)", inserts
-                )
+                await db.executemany(INSERT_BATCH, inserts)
             if quarantine:
                 now = time.time()
                 await db.executemany(
@@ -1018,8 +1022,8 @@ class FileChannel(Channel):
             if free <= 2 * keep:
                 return
             step = min(free - keep, VACUUM_STEP_PAGES)
-            await db.execute_fetchall(f"PRAGMA incremental_vacuum({step})")
-            await db.commit()
+            # executescript steps the pragma to the end; execute() would free one page.
+            await db.executescript(f"PRAGMA incremental_vacuum({step});")
             if free - step > 2 * keep:
                 self._freed = VACUUM_CHECK_BYTES  # more to give back after the next write
         except (sqlite3.Error, ValueError) as e:
