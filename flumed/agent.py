@@ -166,10 +166,12 @@ class Agent:
         await asyncio.gather(*(r.stop(0.0) for r in runners))
         await _stop_all([self.sinks.pop(n) for n in sink_restart])
         retired: list[Channel] = []
+        successors: list[Channel] = []
         for n in ch_changed:
             oldch = self.channels.pop(n)
             if n in new.channels:
                 self.channels[n] = ch = self._make_channel(n)
+                successors.append(ch)
                 adopt = getattr(ch, "adopt", None)
                 if adopt is not None:
                     adopt(oldch)
@@ -179,6 +181,10 @@ class Agent:
                 log.warning("Channel %s was removed holding %d events.", n, oldch.size)
             retired.append(oldch)
         await _stop_all(retired)
+        # Started once their predecessors stopped (a file channel must release its
+        # directory before its successor opens it).
+        for ch in successors:
+            await _start(ch, "channel")
         for n in new.channels:
             if n not in self.channels:
                 self.channels[n] = ch = self._make_channel(n)

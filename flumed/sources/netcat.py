@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flumed.config.keys import ignored, key
 from flumed.errors import ChannelError, ChannelFullError
@@ -28,7 +28,7 @@ log = logging.getLogger("flumed.sources.netcat")
 
 #: Stop reading a connection once this much unprocessed input is buffered.
 HIGH_WATER = 1 << 20
-RETRY_BACKOFF_MAX = 5.0
+RETRY_BACKOFF_MAX = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +57,8 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; cast, don't check.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.source.counter.OpenConnectionCount += 1
@@ -149,7 +149,8 @@ class NetcatSource(Source):
 
     async def _serve(self, conn: _Connection) -> None:
         """Split input into lines, commit them in batches, answer, push back."""
-        maxlen = self.config.max_line_length
+        # As Flume's, max-line-length counts the newline.
+        maxlen = self.config.max_line_length - 1
         ack = self.config.ack_every_event
         counter = self.counter
         rest = b""
@@ -188,12 +189,12 @@ class NetcatSource(Source):
                         self.name,
                         errors,
                         conn.peer,
-                        maxlen,
+                        self.config.max_line_length,
                     )
                     if ack and conn.transport is not None:
                         conn.transport.write(
                             b"FAILED: Event exceeds the maximum length (%d chars, including "
-                            b"newline)\n" % (maxlen + 1) * errors
+                            b"newline)\n" % self.config.max_line_length * errors
                         )
                 if lines:
                     await self._commit(conn, lines, ack)
@@ -232,6 +233,10 @@ class NetcatSource(Source):
                 if conn.transport is not None and not conn.paused:
                     conn.paused = True
                     conn.transport.pause_reading()
+                if accepted:
+                    # The put already waited keep-alive; progress means room is coming.
+                    delay = 0.1
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
