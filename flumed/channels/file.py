@@ -158,6 +158,14 @@ class FileChannelConfig:
                 "file system for the data directory instead)"
             )
         dirs = _split_dirs(self.dataDirs)
+        cp = self.checkpointDir.strip()
+        if dirs and cp and Path(cp) != Path(dirs[0]):
+            log.warning(
+                "File channel: checkpointDir %s is not used; the database and its write-ahead "
+                "log (which is the checkpoint) live in dataDirs, %s.",
+                cp,
+                dirs[0],
+            )
         if len(dirs) > 1:
             log.warning(
                 "File channel: dataDirs lists %d directories; flumed keeps one database per "

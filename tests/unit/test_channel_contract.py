@@ -105,6 +105,21 @@ async def test_rolled_back_take_returns_to_head_in_order(make: Make):
     assert await take_all(ch) == [b"0", b"1", b"2", b"3", b"4"]
 
 
+async def test_takes_across_and_within_put_batches_keep_order(make: Make):
+    ch = await make(capacity=20, tx=5)
+    for b in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):
+        async with ch.transaction() as tx:
+            await tx.put_batch([ev(i) for i in b])
+    with pytest.raises(RuntimeError):
+        async with ch.transaction() as tx:
+            assert [e.body for e in await tx.take_batch(4)] == [b"0", b"1", b"2", b"3"]
+            raise RuntimeError("next hop down")
+    async with ch.transaction() as tx:
+        assert [e.body for e in await tx.take_batch(2)] == [b"0", b"1"]
+    assert ch.size == 7
+    assert await take_all(ch, 2) == [b"%d" % i for i in range(2, 9)]
+
+
 async def test_transaction_capacity_enforced(make: Make):
     ch = await make(capacity=10, tx=3)
     async with ch.transaction() as tx:

@@ -131,6 +131,7 @@ def test_config_accepts_flume_keys_with_warnings(caplog: pytest.LogCaptureFixtur
     for k in ("useDualCheckpoints", "checkpointInterval", "maxFileSize", "fsyncInterval"):
         assert f"'{k}' has no meaning" in text
     assert "uses only the first, /var/flume/data1" in text
+    assert "checkpointDir /var/flume/checkpoint is not used" in text
 
 
 def test_config_refuses_encryption_and_oversized_transactions():
@@ -277,6 +278,51 @@ async def test_reload_from_memory_channel_keeps_its_events(tmp_path: Path):
     new = await started(tmp_path)
     assert await take_all(new) == list(range(15))
     await new.stop()
+
+
+async def test_concurrent_puts_and_takes_with_rollbacks_lose_nothing(tmp_path: Path):
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    # A tiny cache: most takes read their batches back from the database.
+    ch = await started(tmp_path, cacheBytes=300, transactionCapacity=40)
+    committed: list[int] = []
+    sent = [0, 0, 0]
+
+    async def putter(p: int) -> None:
+        for _ in range(40):
+            n = rng.randint(1, 20)
+            i = sent[p]
+            await put(ch, range(p * 10_000 + i, p * 10_000 + i + n))
+            sent[p] += n
+
+    async def taker() -> None:
+        for _ in range(60):
+            tx = ch.transaction()
+            tx.begin()
+            got = await tx.take_batch(rng.randint(1, 30), timeout=0.01)
+            if rng.random() < 0.3:
+                await tx.rollback()
+            else:
+                await tx.commit()
+                committed.extend(num(e) for e in got)
+
+    putters = [putter(p) for p in range(3)]
+    await asyncio.gather(*putters, *(taker() for _ in range(3)))
+    held = ch.transaction()
+    held.begin()
+    await held.take_batch(25)  # taken, never committed
+    await ch.stop()
+    ch = await started(tmp_path)
+    rest = await take_all(ch, 7)
+    await ch.stop()
+    everything = sorted(committed + rest)
+    assert len(everything) == len(set(everything)), f"duplicates (seed {seed})"
+    assert ch.size == 0
+    assert everything == [p * 10_000 + i for p in range(3) for i in range(sent[p])], seed
+    # What came back after the restart is in put order for each putter.
+    for p in range(3):
+        mine = [n for n in rest if n // 10_000 == p]
+        assert mine == sorted(mine), f"seed {seed}"
 
 
 # -- one agent per directory ---------------------------------------------------------
