@@ -493,7 +493,10 @@ class FileChannel(Channel):
         self._next_id = 1
         self._not_empty = _Waiters()
         self._not_full = _Waiters()
-        self._db: aiosqlite.Connection | None = None
+        self._db: aiosqlite.Connection | None = None  # the writer's
+        # Takes read batches back on their own connection (and thread), so that a read
+        # never queues behind the writer's fsync; WAL lets it read while the writer writes.
+        self._reader: aiosqlite.Connection | None = None
         self._lock: DirLock | None = None
         self._ops: list[_Op] = []
         self._ops_ready = asyncio.Event()
@@ -557,6 +560,8 @@ class FileChannel(Channel):
             self._db = await aiosqlite.connect(self.path)
             await self._open_schema()
             nrows = await self._load_index()
+            self._reader = await aiosqlite.connect(self.path)
+            await self._reader.execute("PRAGMA query_only = 1")
         except BaseException:
             await self._close_db()
             lock.release()
@@ -585,10 +590,7 @@ class FileChannel(Channel):
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        await self._close_db()
+        await self._close_db(checkpoint=True)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -598,11 +600,17 @@ class FileChannel(Channel):
         self._live_bytes = 0
         await super().stop()
 
-    async def _close_db(self) -> None:
+    async def _close_db(self, checkpoint: bool = False) -> None:
+        reader, self._reader = self._reader, None
         db, self._db = self._db, None
-        if db is not None:
+        for conn in (reader, db):
+            if conn is None:
+                continue
             try:
-                await db.close()
+                if checkpoint and conn is db:
+                    # Leaves the WAL empty: the next start reads one file.
+                    await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await conn.close()
             except (sqlite3.Error, ValueError) as e:
                 log.warning("Channel %s: closing %s: %s", self.name, self.path, e)
 
@@ -826,7 +834,7 @@ class FileChannel(Channel):
             await w
 
     async def _read_rows(self, rows: list[_Row]) -> None:
-        db = self._db
+        db = self._reader
         if db is None:
             raise ChannelError(f"Channel {self.name} is not running.")
         marks = ",".join("?" * len(rows))

@@ -540,10 +540,11 @@ async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path):
     loop_thread = threading.get_ident()
     threads: set[int] = set()
     ch = await started(tmp_path, cacheBytes=0)
-    assert ch._db is not None
-    await ch._db.set_trace_callback(lambda _sql: threads.add(threading.get_ident()))
+    for conn in (ch._db, ch._reader):  # the writer's and the takes' connections
+        assert conn is not None
+        await conn.set_trace_callback(lambda _sql: threads.add(threading.get_ident()))
     await put(ch, range(100))
     await asyncio.gather(put(ch, range(100, 200)), take_all(ch, 30))
     await take_all(ch)
-    assert threads and loop_thread not in threads
+    assert len(threads) == 2 and loop_thread not in threads
     await ch.stop()
