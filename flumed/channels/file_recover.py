@@ -58,9 +58,15 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
+        lost = self.lost_batches
         lines = [
             f"{self.path}: recovered {self.events} events in {self.batches} batches; "
-            f"{self.lost_batches} batches could not be read and are lost."
+            + (
+                f"{lost} batch{'es' if lost != 1 else ''} could not be read and "
+                f"{'are' if lost != 1 else 'is'} lost."
+                if lost
+                else "every batch found could be read."
+            )
         ]
         if self.moved_to is not None:
             lines.append(f"The damaged database was kept as {self.moved_to}.")
