@@ -606,11 +606,15 @@ class FileChannel(Channel):
         for conn in (reader, db):
             if conn is None:
                 continue
-            try:
-                if checkpoint and conn is db:
-                    # Leaves the WAL empty: the next start reads one file.
+            if checkpoint and conn is db:
+                # Leaves the WAL empty, so the next start reads one file. It may fail (a
+                # full disk); the WAL then stays and is read at the next start.
+                try:
                     await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                await conn.close()
+                except (sqlite3.Error, ValueError) as e:
+                    log.info("Channel %s: checkpoint at stop: %s", self.name, e)
+            try:
+                await conn.close()  # also ends the connection's thread, whatever happens
             except (sqlite3.Error, ValueError) as e:
                 log.warning("Channel %s: closing %s: %s", self.name, self.path, e)
 
@@ -825,13 +829,19 @@ class FileChannel(Channel):
                 fut.set_exception(e)
                 fut.exception()  # the waiters (if any) get it; none is not an error
                 raise
+            except BaseException:
+                fut.cancel()  # this take was cancelled: the waiters load for themselves
+                raise
             else:
                 fut.set_result(None)
             finally:
                 for r in mine:
                     r.loading = None
         for w in waits:
-            await w
+            # Not `await w`: a cancelled loader must not look like our own cancellation.
+            await asyncio.wait([w])
+            if not w.cancelled() and w.exception() is not None:
+                raise w.exception()  # type: ignore[misc]
 
     async def _read_rows(self, rows: list[_Row]) -> None:
         db = self._reader

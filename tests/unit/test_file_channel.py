@@ -30,6 +30,7 @@ from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import parse
 from flumed.errors import ChannelError, ChannelFullError, ConfigError
 from flumed.event import Event
+from tests.util import wait_until
 
 
 def ev(i: int, pad: int = 0) -> Event:
@@ -254,6 +255,35 @@ async def test_takes_read_back_batches_not_kept_in_memory(tmp_path: Path):
     await ch.stop()
 
 
+async def test_a_cancelled_read_back_does_not_strand_other_takers(tmp_path: Path):
+    ch = await started(tmp_path)
+    await put(ch, range(10))
+    await ch.stop()
+    ch = await started(tmp_path)  # nothing in memory: takes read the batch back
+    reader = ch._reader
+    assert reader is not None
+    gate = threading.Event()
+    await reader.create_function("gate", 0, lambda: gate.wait(10))
+    blocker = asyncio.create_task(reader.execute_fetchall("SELECT gate()"))
+
+    async def take(n: int) -> list[int]:
+        async with ch.transaction() as tx:
+            return [num(e) for e in await tx.take_batch(n)]
+
+    first = asyncio.create_task(take(3))  # reads the batch, queued behind the gate
+    await wait_until(lambda: ch._queue[0][3].loading is not None, what="the read-back")
+    second = asyncio.create_task(take(3))  # waits for the first one's read
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.set()
+    assert await asyncio.wait_for(second, 10) == [0, 1, 2]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await blocker
+    assert await take_all(ch) == list(range(3, 10))
+    await ch.stop()
+
+
 async def test_fsync_setting_reaches_sqlite(tmp_path: Path):
     for fsync, level in ((True, 2), (False, 1)):  # FULL, NORMAL
         ch = await started(tmp_path / str(fsync), fsyncPerTransaction=fsync)
@@ -466,6 +496,14 @@ async def test_minimum_required_space_refuses_puts(tmp_path: Path):
     await ch.stop()
 
 
+def assert_sqlite_threads_ended() -> None:
+    """Every aiosqlite connection thread has ended (a leaked one keeps the process alive)."""
+    for t in threading.enumerate():
+        if "_connection_worker_thread" in t.name:
+            t.join(10)
+            assert not t.is_alive(), "a SQLite connection was left open"
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """A 3 MB tmpfs, when this process may mount one (root in a permissive container)."""
@@ -511,6 +549,7 @@ async def test_full_disk_pushes_back_and_loses_nothing(tmpfs: Path):
     ch = await started(tmpfs / "data")
     assert ch.size == 0
     await ch.stop()
+    assert_sqlite_threads_ended()  # even when the checkpoint at stop met a full disk
 
 
 async def test_space_is_reclaimed_as_events_drain(tmp_path: Path):
