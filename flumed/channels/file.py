@@ -46,6 +46,7 @@ from flumed.channels.memory import MemoryChannel, _Waiters
 from flumed.config.keys import ignored, key, prefix
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
+from flumed.metrics import ChannelCounter
 
 log = logging.getLogger("flumed.channels.file")
 
@@ -318,6 +319,42 @@ class DamagedDatabaseError(ChannelError):
 
 # -- the channel ---------------------------------------------------------------------
 
+
+class FileChannelCounter(ChannelCounter):
+    """The channel counters plus those of Flume's FileChannelCounter that apply here.
+
+    EventPutErrorCount / EventTakeErrorCount: commits (and read-backs) that failed on
+    the database; CheckpointWriteErrorCount: failed checkpoints of the WAL at stop;
+    Unhealthy: 1 while the last write failed, until one succeeds; Closed: 1 when stopped.
+    """
+
+    NAMES = (
+        *ChannelCounter.NAMES,
+        "EventPutErrorCount",
+        "EventTakeErrorCount",
+        "CheckpointWriteErrorCount",
+        "Unhealthy",
+        "Closed",
+    )
+    EventPutErrorCount: int
+    EventTakeErrorCount: int
+    CheckpointWriteErrorCount: int
+    Unhealthy: int
+    Closed: int
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.Closed = 1
+
+    def start(self) -> None:
+        super().start()
+        self.Closed = 0
+
+    def stop(self) -> None:
+        super().stop()
+        self.Closed = 1
+
+
 Piece = tuple[int, int, int, "_Row"]  # (row id, start, end, row): events [start, end)
 
 
@@ -481,9 +518,11 @@ class FileChannel(Channel):
     Config = FileChannelConfig
     description = "Durable channel in a SQLite database (WAL); survives crashes."
     config: FileChannelConfig
+    counter: FileChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
+        self.counter = FileChannelCounter(name, lambda: self.size, lambda: self.capacity)
         self.directory = resolve_dir(config, name)
         self.path = db_path(self.directory, name)
         self._queue: deque[Piece] = deque()
@@ -612,6 +651,7 @@ class FileChannel(Channel):
                 try:
                     await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except (sqlite3.Error, ValueError) as e:
+                    self.counter.CheckpointWriteErrorCount += 1
                     log.info("Channel %s: checkpoint at stop: %s", self.name, e)
             try:
                 await conn.close()  # also ends the connection's thread, whatever happens
@@ -853,6 +893,7 @@ class FileChannel(Channel):
                 f"SELECT id, crc, data FROM batches WHERE id IN ({marks})", [r.id for r in rows]
             )
         except (sqlite3.Error, ValueError) as e:
+            self.counter.EventTakeErrorCount += 1
             raise ChannelError(
                 f"Channel {self.name}: reading {self.path} failed: {e}. "
                 + recover_hint(self.directory, self.name)
@@ -892,6 +933,7 @@ class FileChannel(Channel):
         q.clear()
         q.extend(kept)
         self._used -= lost
+        self.counter.EventTakeErrorCount += len(bad)
         for r, reason in bad:
             r.gone = True
             self._live_bytes -= r.size
@@ -979,6 +1021,7 @@ class FileChannel(Channel):
             self._fail(ops, e)
             return
         # Durable: apply to memory.
+        self.counter.Unhealthy = 0
         freed = 0
         for row, first, done in plans:
             row.first, row.done = first, done
@@ -1025,11 +1068,15 @@ class FileChannel(Channel):
             self._last_warn = now
             log.warning("%s", msg)
         refunded = False
+        self.counter.Unhealthy = 1
         for op in ops:
             op.state = _Op.FAILED
             if op.rows:
                 self._used -= op.n
+                self.counter.EventPutErrorCount += 1
                 refunded = True
+            elif op.pieces:
+                self.counter.EventTakeErrorCount += 1
             if op.orphaned:
                 self._return(op.pieces)
             if op.fut is not None and not op.fut.done():

@@ -474,6 +474,7 @@ async def test_damaged_batch_found_by_a_take_is_set_aside_loudly(
     with caplog.at_level(logging.ERROR):
         assert await take_all(ch) == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
     assert ch.size == 0
+    assert ch.counter.EventTakeErrorCount == 1
     assert "batch 2 of" in caplog.text and "checksum mismatch" in caplog.text
     await ch.stop()
     with sqlite3.connect(tmp_path / "c1.db") as c:
@@ -537,12 +538,16 @@ async def test_full_disk_pushes_back_and_loses_nothing(tmpfs: Path):
         committed += batch
     assert full is not None and "database or disk is full" in str(full)
     assert committed and ch.size == len(committed)
+    v = ch.counter.values()
+    assert v["EventPutErrorCount"] == 1 and v["Unhealthy"] == 1
+    assert v["EventPutSuccessCount"] == len(committed)
     # A restart on the full disk loses nothing either.
     await ch.stop()
     ch = await started(tmpfs / "data", keep_alive=0)
     assert ch.size == len(committed)
     filler.unlink()  # space returns: puts resume
     await put(ch, range(10**6, 10**6 + 100), pad=200)
+    assert ch.counter.Unhealthy == 0
     committed += range(10**6, 10**6 + 100)
     assert await take_all(ch) == committed
     await ch.stop()
