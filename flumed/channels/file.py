@@ -33,7 +33,7 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from pathlib import Path
@@ -215,6 +215,7 @@ def db_path(directory: Path, channel: str) -> Path:
 # -- event encoding ------------------------------------------------------------------
 
 _HEAD = struct.Struct("<II")  # events, bytes of the headers' JSON
+_ONE = struct.Struct("<I")
 
 
 def encode_batch(events: Sequence[Event]) -> bytes:
@@ -243,6 +244,11 @@ def decode_batch(data: bytes) -> list[Event]:
     """
     try:
         n, hlen = _HEAD.unpack_from(data)
+        if n == 1 and not hlen:  # a batch of one event: common from line sources
+            (size,) = _ONE.unpack_from(data, _HEAD.size)
+            if _HEAD.size + 4 + size != len(data):
+                raise ValueError(f"batch of {len(data)} bytes, expected {_HEAD.size + 4 + size}")
+            return [Event(data[_HEAD.size + 4 :])]
         lens = struct.unpack_from(f"<{n}I", data, _HEAD.size)
     except struct.error as e:
         raise ValueError(f"truncated batch: {e}") from None
@@ -368,7 +374,9 @@ class _Row:
         self.count = count
         self.size = size
         self.first = first  # persisted: [0, first) taken and committed
-        self.done: list[tuple[int, int]] = []  # committed-taken ranges past `first`
+        # Committed-taken ranges past `first` (takes committed out of order); a shared
+        # empty tuple for almost every row, as a restart may load a million of them.
+        self.done: tuple[tuple[int, int], ...] = ()
         self.events: list[Event] | None = None
         self.loading: asyncio.Future[None] | None = None
         self.data: bytes | None = None  # only until written
@@ -377,9 +385,13 @@ class _Row:
 
 
 def _advance(
-    first: int, done: list[tuple[int, int]], new: Iterable[tuple[int, int]]
-) -> tuple[int, list[tuple[int, int]]]:
+    first: int, done: Sequence[tuple[int, int]], new: Sequence[tuple[int, int]]
+) -> tuple[int, tuple[tuple[int, int], ...]]:
     """Merge newly committed ranges; return the new persisted offset and what is left."""
+    if not done and len(new) == 1:  # the usual case: one take of the batch's head
+        s, e = new[0]
+        if s <= first:
+            return max(first, e), ()
     merged: list[tuple[int, int]] = []
     for s, e in sorted([*done, *new]):
         if merged and s <= merged[-1][1]:
@@ -388,7 +400,7 @@ def _advance(
             merged.append((s, e))
     while merged and merged[0][0] <= first:
         first = max(first, merged.pop(0)[1])
-    return first, merged
+    return first, tuple(merged)
 
 
 class _Op:
@@ -982,7 +994,7 @@ class FileChannel(Channel):
             quarantine += op.quarantine
         deletes: list[tuple[int]] = []
         offsets: list[tuple[int, int]] = []
-        plans: list[tuple[_Row, int, list[tuple[int, int]]]] = []
+        plans: list[tuple[_Row, int, tuple[tuple[int, int], ...]]] = []
         for row, ranges in touched.items():
             if row.gone:
                 continue

@@ -89,10 +89,12 @@ def test_batch_encoding_round_trip():
 
 
 def test_decode_rejects_damaged_blobs():
-    blob = encode_batch([Event(b"abc", {"k": "v"}), Event(b"de")])
-    for bad in (blob[:5], blob[:-1], blob + b"x", b""):
-        with pytest.raises(ValueError):
-            decode_batch(bad)
+    for events in ([Event(b"abc", {"k": "v"}), Event(b"de")], [Event(b"one")]):
+        blob = encode_batch(events)
+        assert decode_batch(blob) == events
+        for bad in (blob[:5], blob[:-1], blob + b"x", b""):
+            with pytest.raises(ValueError):
+                decode_batch(bad)
 
 
 # -- configuration -------------------------------------------------------------------
