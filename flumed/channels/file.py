@@ -198,7 +198,7 @@ def resolve_dir(
     state = env.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
         return Path(state) / safe_name(channel)
-    home = env.get("HOME") or str(Path.home())
+    home = env.get("HOME") or os.path.expanduser("~")  # (never raises)
     return Path(home) / ".flumed" / "file-channel" / safe_name(channel)
 
 
@@ -430,6 +430,9 @@ class _Op:
 
 
 class FileTransaction(Transaction):
+    """A put stages its events in memory and writes them as one row at commit; a take
+    holds pieces of rows (hidden from other takers) and deletes them at commit."""
+
     __slots__ = ("_ntaken", "_op", "_pieces", "_put")
 
     channel: FileChannel
