@@ -238,6 +238,9 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         from flumed.rpc.send import add_parser
 
         add_parser(sub)
+    from flumed.channels.file_recover import add_parser as add_recover_parser
+
+    add_recover_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

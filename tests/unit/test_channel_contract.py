@@ -1,28 +1,67 @@
-"""The transaction contract, run against every channel type that has a factory here.
+"""The transaction contract, run against every channel type in CHANNEL_TYPES.
 
-Other channel types (file, kafka) add a factory to CHANNEL_FACTORIES in their own
-test module by importing `contract_tests`.
+Each test gets `make(capacity, tx, keep_alive)` building a started channel of one type
+(the fixture is parametrized by type name); a channel type joins by adding a factory here.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from flumed.channels.base import Channel
+from flumed.channels.file import FileChannel, FileChannelConfig
 from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
+
+Make = Callable[..., Awaitable[Channel]]
 
 
 def ev(i: int) -> Event:
     return Event(b"%d" % i, {"n": str(i)})
 
 
-async def make_memory(capacity: int = 10, tx: int = 5, **kw) -> MemoryChannel:
-    ch = MemoryChannel("c1", MemoryChannelConfig(capacity=capacity, transactionCapacity=tx, **kw))
-    await ch.start()
-    return ch
+def _memory(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
+    return MemoryChannel(
+        "c1", MemoryChannelConfig(capacity=capacity, transactionCapacity=tx, keep_alive=keep_alive)
+    )
+
+
+def _file(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
+    cfg = FileChannelConfig(
+        dataDirs=str(tmp / "data"),
+        capacity=capacity,
+        transactionCapacity=tx,
+        keep_alive=keep_alive,
+        minimumRequiredSpace=0,  # the contract must not depend on this disk's free space
+    )
+    return FileChannel("c1", cfg)
+
+
+CHANNEL_TYPES: dict[str, Callable[[Path, int, int, float], Channel]] = {
+    "memory": _memory,
+    "file": _file,
+}
+
+
+@pytest.fixture(params=sorted(CHANNEL_TYPES))
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
+    """A factory of started channels of one type; all are stopped at the end."""
+    made: list[Channel] = []
+
+    async def factory(capacity: int = 10, tx: int = 5, keep_alive: float = 3.0) -> Channel:
+        ch = CHANNEL_TYPES[request.param](tmp_path / str(len(made)), capacity, tx, keep_alive)
+        made.append(ch)
+        await ch.start()
+        return ch
+
+    yield factory
+    for ch in made:
+        await ch.stop()
 
 
 async def take_all(ch, n: int = 1000) -> list[bytes]:
@@ -35,8 +74,8 @@ async def take_all(ch, n: int = 1000) -> list[bytes]:
         out += [e.body for e in got]
 
 
-async def test_commit_makes_put_visible():
-    ch = await make_memory()
+async def test_commit_makes_put_visible(make: Make):
+    ch = await make()
     async with ch.transaction() as tx:
         await tx.put_batch([ev(1), ev(2)])
         assert ch.size == 0
@@ -45,8 +84,8 @@ async def test_commit_makes_put_visible():
     assert ch.size == 0
 
 
-async def test_rollback_on_exception_discards_put():
-    ch = await make_memory()
+async def test_rollback_on_exception_discards_put(make: Make):
+    ch = await make()
     with pytest.raises(RuntimeError):
         async with ch.transaction() as tx:
             await tx.put_batch([ev(1)])
@@ -54,8 +93,8 @@ async def test_rollback_on_exception_discards_put():
     assert ch.size == 0
 
 
-async def test_rolled_back_take_returns_to_head_in_order():
-    ch = await make_memory()
+async def test_rolled_back_take_returns_to_head_in_order(make: Make):
+    ch = await make()
     async with ch.transaction() as tx:
         await tx.put_batch([ev(i) for i in range(5)])
     with pytest.raises(RuntimeError):
@@ -66,16 +105,31 @@ async def test_rolled_back_take_returns_to_head_in_order():
     assert await take_all(ch) == [b"0", b"1", b"2", b"3", b"4"]
 
 
-async def test_transaction_capacity_enforced():
-    ch = await make_memory(capacity=10, tx=3)
+async def test_takes_across_and_within_put_batches_keep_order(make: Make):
+    ch = await make(capacity=20, tx=5)
+    for b in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):
+        async with ch.transaction() as tx:
+            await tx.put_batch([ev(i) for i in b])
+    with pytest.raises(RuntimeError):
+        async with ch.transaction() as tx:
+            assert [e.body for e in await tx.take_batch(4)] == [b"0", b"1", b"2", b"3"]
+            raise RuntimeError("next hop down")
+    async with ch.transaction() as tx:
+        assert [e.body for e in await tx.take_batch(2)] == [b"0", b"1"]
+    assert ch.size == 7
+    assert await take_all(ch, 2) == [b"%d" % i for i in range(2, 9)]
+
+
+async def test_transaction_capacity_enforced(make: Make):
+    ch = await make(capacity=10, tx=3)
     async with ch.transaction() as tx:
         with pytest.raises(ChannelError, match="transactionCapacity"):
             await tx.put_batch([ev(i) for i in range(4)])
     assert ch.size == 0
 
 
-async def test_take_bounded_by_transaction_capacity():
-    ch = await make_memory(capacity=10, tx=3)
+async def test_take_bounded_by_transaction_capacity(make: Make):
+    ch = await make(capacity=10, tx=3)
     for b in ([0, 1, 2], [3, 4]):
         async with ch.transaction() as tx:
             await tx.put_batch([ev(i) for i in b])
@@ -84,8 +138,8 @@ async def test_take_bounded_by_transaction_capacity():
     assert len(got) == 3
 
 
-async def test_full_channel_refuses_whole_batch_after_keep_alive():
-    ch = await make_memory(capacity=4, tx=4, keep_alive=0.05)
+async def test_full_channel_refuses_whole_batch_after_keep_alive(make: Make):
+    ch = await make(capacity=4, tx=4, keep_alive=0.05)
     async with ch.transaction() as tx:
         await tx.put_batch([ev(i) for i in range(3)])
     with pytest.raises(ChannelFullError, match="full"):
@@ -96,8 +150,8 @@ async def test_full_channel_refuses_whole_batch_after_keep_alive():
     assert await take_all(ch) == [b"0", b"1", b"2"]
 
 
-async def test_put_waits_for_room_within_keep_alive():
-    ch = await make_memory(capacity=2, tx=2, keep_alive=10)
+async def test_put_waits_for_room_within_keep_alive(make: Make):
+    ch = await make(capacity=2, tx=2, keep_alive=10)
     async with ch.transaction() as tx:
         await tx.put_batch([ev(0), ev(1)])
 
@@ -114,8 +168,8 @@ async def test_put_waits_for_room_within_keep_alive():
     assert await take_all(ch) == [b"1", b"2"]
 
 
-async def test_taken_uncommitted_events_hold_capacity():
-    ch = await make_memory(capacity=2, tx=2, keep_alive=0.01)
+async def test_taken_uncommitted_events_hold_capacity(make: Make):
+    ch = await make(capacity=2, tx=2, keep_alive=0.01)
     async with ch.transaction() as tx:
         await tx.put_batch([ev(0), ev(1)])
     take = ch.transaction()
@@ -128,10 +182,16 @@ async def test_taken_uncommitted_events_hold_capacity():
     assert await take_all(ch) == [b"0", b"1"]
 
 
-async def test_byte_capacity():
-    ch = await make_memory(
-        capacity=100, tx=100, byteCapacity=100, byteCapacityBufferPercentage=0, keep_alive=0.01
+async def test_memory_byte_capacity():
+    cfg = MemoryChannelConfig(
+        capacity=100,
+        transactionCapacity=100,
+        byteCapacity=100,
+        byteCapacityBufferPercentage=0,
+        keep_alive=0.01,
     )
+    ch = MemoryChannel("c1", cfg)
+    await ch.start()
     async with ch.transaction() as tx:
         await tx.put_batch([Event(b"x" * 60)])
     with pytest.raises(ChannelFullError):
@@ -142,8 +202,8 @@ async def test_byte_capacity():
     assert ch.size == 2
 
 
-async def test_take_waits_for_first_event():
-    ch = await make_memory()
+async def test_take_waits_for_first_event(make: Make):
+    ch = await make()
 
     async def later():
         await asyncio.sleep(0.01)
@@ -157,22 +217,22 @@ async def test_take_waits_for_first_event():
     assert [e.body for e in got] == [b"7"]
 
 
-async def test_take_timeout_returns_empty():
-    ch = await make_memory()
+async def test_take_timeout_returns_empty(make: Make):
+    ch = await make()
     async with ch.transaction() as tx:
         assert await tx.take_batch(5, timeout=0.01) == []
 
 
-async def test_put_and_take_in_one_transaction_refused():
-    ch = await make_memory()
+async def test_put_and_take_in_one_transaction_refused(make: Make):
+    ch = await make()
     async with ch.transaction() as tx:
         await tx.put_batch([ev(1)])
         with pytest.raises(ChannelError, match="not both"):
             await tx.take_batch(1)
 
 
-async def test_transaction_used_by_other_task_refused():
-    ch = await make_memory()
+async def test_transaction_used_by_other_task_refused(make: Make):
+    ch = await make()
     tx = ch.transaction()
     tx.begin()
 
@@ -184,16 +244,16 @@ async def test_transaction_used_by_other_task_refused():
     await tx.rollback()
 
 
-async def test_commit_after_close_refused():
-    ch = await make_memory()
+async def test_commit_after_close_refused(make: Make):
+    ch = await make()
     async with ch.transaction() as tx:
         await tx.put_batch([ev(1)])
     with pytest.raises(ChannelError):
         await tx.commit()
 
 
-async def test_counters():
-    ch = await make_memory()
+async def test_counters(make: Make):
+    ch = await make()
     async with ch.transaction() as tx:
         await tx.put_batch([ev(1), ev(2)])
     async with ch.transaction() as tx:
@@ -205,7 +265,7 @@ async def test_counters():
     assert v["ChannelFillPercentage"] == 10.0
 
 
-def test_config_rejects_tx_above_capacity():
+def test_memory_config_rejects_tx_above_capacity():
     from flumed.config.keys import parse
     from flumed.errors import ConfigError
 
