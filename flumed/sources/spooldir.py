@@ -360,10 +360,11 @@ class _AvroReader:
         self.cur = cur
         self.pos = cur.start
         self._it: Iterator[bytes] | None = None
+        self._fo: io.BufferedReader | None = None
         self.header: tuple[str, str] = ("", "")
 
     def _open(self) -> Iterator[bytes]:
-        fo = open(self.cur.fd, "rb", buffering=CHUNK, closefd=False)  # noqa: SIM115
+        fo = self._fo = open(self.cur.fd, "rb", buffering=CHUNK, closefd=False)  # noqa: SIM115
         reader = fastavro.block_reader(fo)
         schema = reader.writer_schema
         raw = reader.metadata.get("avro.schema", "")
@@ -404,6 +405,10 @@ class _AvroReader:
             return list(itertools.islice(self._it, n))
         except Exception as e:  # noqa: BLE001 - fastavro raises many types on a corrupt file
             raise _FileFailed(f"not a readable Avro container file: {e!r}") from None
+
+    def close(self) -> None:
+        if self._fo is not None:
+            self._fo.close()  # closefd=False: the descriptor is the caller's
 
     async def read(self, n: int) -> list[bytes] | None:
         loop = asyncio.get_running_loop()
@@ -607,6 +612,13 @@ class SpoolDirectorySource(Source):
             reader = _BlobReader(self, cur)
         else:
             reader = _LineReader(self, cur)
+        try:
+            await self._consume_with(cur, reader)
+        finally:
+            if isinstance(reader, _AvroReader):
+                reader.close()
+
+    async def _consume_with(self, cur: _Current, reader: _Reader) -> None:
         assert self._tracker is not None
         n = self.config.batchSize
         while not self._stopping.is_set():
