@@ -176,6 +176,8 @@ class ExecSource(Source):
             return
         self.runs += 1
         proc = self.proc
+        if self._stopping.is_set():
+            self._signal(signal.SIGTERM)  # stop() came while the command was starting
         err_task = (
             asyncio.create_task(self._log_stderr(proc), name=f"source-{self.name}-stderr")
             if cfg.logStdErr

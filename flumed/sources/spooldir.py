@@ -627,6 +627,9 @@ class SpoolDirectorySource(Source):
             except _FileFailed as e:
                 self._set_aside(cur, FAILED_SUFFIX, str(e), counter="EventReadFail")
                 return
+            except OSError as e:
+                self._set_aside(cur, FAILED_SUFFIX, f"cannot be read: {e}", counter="EventReadFail")
+                return
             if bodies is None:
                 self._retire(cur)
                 return

@@ -12,7 +12,9 @@ import fastavro
 import fastavro.schema
 import pytest
 
+from flumed.config.graph import build_agent
 from flumed.config.keys import parse
+from flumed.config.properties import properties_to_document
 from flumed.errors import ConfigError
 from flumed.event import Event
 from flumed.sources.spooldir import TRACKER_FILE, SpoolDirectorySource
@@ -300,3 +302,25 @@ def test_config_errors_name_the_key(extra: dict[str, Any], needle: str) -> None:
 def test_config_missing_spooldir() -> None:
     with pytest.raises(ConfigError, match="spoolDir"):
         parse(SpoolDirectorySource.Config, {}, "sources.r1")
+
+
+def test_flume_properties_file_keys() -> None:
+    text = """
+a1.sources = r1
+a1.channels = c1
+a1.sinks = k1
+a1.sources.r1.type = org.apache.flume.source.SpoolDirectorySource
+a1.sources.r1.spoolDir = /data/in
+a1.sources.r1.channels = c1
+a1.sources.r1.deserializer = AVRO
+a1.sources.r1.deserializer.schemaType = LITERAL
+a1.sources.r1.deletePolicy = immediate
+a1.sources.r1.bufferMaxLines = 100
+a1.channels.c1.type = memory
+a1.sinks.k1.type = null
+a1.sinks.k1.channel = c1
+"""
+    spec = build_agent(properties_to_document(text), "a1", "flume.properties")
+    cfg = spec.sources["r1"].config
+    assert cfg.kind == "AVRO" and cfg.schemaType == "LITERAL"
+    assert cfg.deletePolicy == "immediate" and cfg.spoolDir == "/data/in"
