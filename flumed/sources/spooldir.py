@@ -1,0 +1,745 @@
+"""Source `spooldir`: reads every file dropped into a directory, then marks it done.
+
+Keys are Flume's SpoolDirectorySource keys (docs/spooldir-exec.md). How it works, in
+one task owned by the source:
+
+- The directory is listed (in an executor) when a new file is needed; eligible files
+  are ordered by `consumeOrder` and taken one at a time. With nothing to do the task
+  waits `pollDelay` ms (or until stopped): no busy loop.
+- A file is read in large chunks in an executor, split once per chunk, and handed to
+  the channel processor in batches of `batchSize`. After each committed batch the
+  position is written to a small JSON tracker (`<trackerDir>/.flumed-spool.json`), so
+  a restart resumes after the last committed batch (at-least-once: a crash between
+  commit and tracker write repeats one batch).
+- A full channel keeps the position; the same batch is offered again with a growing
+  backoff (250 ms doubling up to `maxBackoff`), and nothing more is read.
+- At EOF the file is renamed to `<name><fileSuffix>` (or deleted with
+  `deletePolicy = immediate`). A file whose size or mtime changed since it was picked
+  up is reported (ERROR, GenericProcessingFail) and renamed to `<name>.CHANGED`; a
+  file that cannot be decoded under `decodeErrorPolicy = FAIL` (or a corrupt Avro
+  file) is reported (ERROR, EventReadFail) and renamed to `<name>.FAILED`. Flume
+  stops the whole source in both cases; flumed keeps serving the rest of the
+  directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import fastavro
+import fastavro.schema
+
+from flumed.config.keys import ignored, key
+from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
+from flumed.event import Event
+from flumed.lifecycle import LifecycleState
+from flumed.sources.base import Source
+
+log = logging.getLogger("flumed.sources.spooldir")
+
+#: Bytes read from a file at once (LINE): big enough that the per-read cost vanishes.
+CHUNK = 1 << 20
+#: A line with no newline within this many bytes is cut here, so memory stays bounded.
+MAX_PENDING = 64 << 20
+#: Suffixes given to files that could not be consumed cleanly; such files are skipped.
+CHANGED_SUFFIX = ".CHANGED"
+FAILED_SUFFIX = ".FAILED"
+TRACKER_FILE = ".flumed-spool.json"
+#: Seconds between two warnings of the same kind.
+WARN_INTERVAL = 10.0
+
+_DESERIALIZERS = {
+    "LINE": "LINE",
+    "AVRO": "AVRO",
+    "BLOB": "BLOB",
+    "org.apache.flume.serialization.LineDeserializer$Builder": "LINE",
+    "org.apache.flume.serialization.AvroEventDeserializer$Builder": "AVRO",
+    "org.apache.flume.sink.solr.morphline.BlobDeserializer$Builder": "BLOB",
+}
+
+
+def _ascii_compatible(charset: str) -> bool:
+    try:
+        return "a\n".encode(charset) == b"a\n"
+    except (LookupError, UnicodeError):
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDirConfig:
+    spoolDir: str = key(doc="Directory to read files from.")
+    fileSuffix: str = key(".COMPLETED", doc="Appended to a file's name once it is consumed.")
+    deletePolicy: Literal["never", "immediate"] = key("never")
+    trackingPolicy: Literal["rename"] = key(
+        "rename", doc="Only `rename` (Flume's `tracker_dir` policy is not supported)."
+    )
+    trackerDir: str = key(".flumespool", doc="Holds the position file; relative to spoolDir.")
+    fileHeader: bool = key(False)
+    fileHeaderKey: str = key("file")
+    basenameHeader: bool = key(False)
+    basenameHeaderKey: str = key("basename")
+    includePattern: str = key("^.*$")
+    ignorePattern: str = key("^$")
+    consumeOrder: Literal["oldest", "youngest", "random"] = key("oldest")
+    pollDelay: int = key(500, ge=1, doc="Milliseconds between listings of an idle directory.")
+    recursiveDirectorySearch: bool = key(False)
+    batchSize: int = key(100, ge=1)
+    inputCharset: str = key("UTF-8")
+    decodeErrorPolicy: Literal["FAIL", "REPLACE", "IGNORE"] = key("FAIL")
+    deserializer: str = key("LINE", doc="LINE, AVRO, BLOB or Flume's Builder class name.")
+    maxLineLength: int = key(2048, name="deserializer.maxLineLength", ge=1)
+    outputCharset: str = key("UTF-8", name="deserializer.outputCharset")
+    schemaType: Literal["HASH", "LITERAL"] = key("HASH", name="deserializer.schemaType")
+    maxBlobLength: int = key(100_000_000, name="deserializer.maxBlobLength", ge=1)
+    maxBackoff: int = key(4000, ge=1, doc="Cap (ms) of the backoff while the channel is full.")
+
+    IGNORED = ignored("bufferMaxLines", "bufferMaxLineLength")
+
+    @property
+    def kind(self) -> str:
+        return _DESERIALIZERS.get(
+            self.deserializer.upper(), _DESERIALIZERS.get(self.deserializer, "")
+        )
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.kind:
+            problems.append(
+                f"key 'deserializer': expected LINE, AVRO or BLOB, got {self.deserializer!r}"
+            )
+        for name in ("includePattern", "ignorePattern"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as e:
+                problems.append(f"key '{name}': not a valid regular expression: {e}")
+        for name, cs in (
+            ("inputCharset", self.inputCharset),
+            ("deserializer.outputCharset", self.outputCharset),
+        ):
+            try:
+                codecs.lookup(cs)
+            except LookupError:
+                problems.append(f"key '{name}': unknown charset {cs!r}")
+                continue
+            if not _ascii_compatible(cs):
+                problems.append(
+                    f"key '{name}': charset {cs!r} is not ASCII-compatible (lines are split on "
+                    "the byte 0x0A); UTF-16/UTF-32 files are not supported"
+                )
+        if not self.fileSuffix:
+            problems.append("key 'fileSuffix': must not be empty")
+        return problems
+
+
+class _FileFailed(Exception):
+    """The current file cannot be read further (decode error under FAIL, corrupt Avro)."""
+
+
+class _Tracker:
+    """The position of the file being read, in one small JSON file.
+
+    Rewritten in place (one pwrite, padded to its previous length) after each committed
+    batch: that survives a crash of the daemon; after a power loss the position may be
+    older, which repeats events (never loses them).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        raw = os.pread(self.fd, 1 << 16, 0).strip()
+        self._len = len(raw)
+        try:
+            rec = json.loads(raw) if raw else None
+        except ValueError:
+            log.warning("Spool tracker %s is unreadable; starting files from 0.", path)
+            rec = None
+        self.record: dict[str, Any] | None = rec if isinstance(rec, dict) else None
+
+    def save(self, record: dict[str, Any] | None) -> None:
+        self.record = record
+        data = json.dumps(record).encode()
+        n = len(data)
+        os.pwrite(self.fd, data.ljust(self._len), 0)
+        self._len = n if n >= self._len else self._len
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Current:
+    """The file being consumed: identity, what it looked like when picked up, headers."""
+
+    __slots__ = ("dev", "fd", "headers", "ino", "mtime_ns", "path", "size", "start")
+
+    def __init__(self, path: str, fd: int, st: os.stat_result, start: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        self.start = start
+        self.headers: dict[str, str] = {}
+
+    def record(self, pos: int) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "dev": self.dev,
+            "ino": self.ino,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "pos": pos,
+        }
+
+
+class _LineReader:
+    """Lines of a text file (Flume's LineDeserializer). `pos` is the byte offset after
+    the last line handed out; lines longer than maxLineLength characters are split."""
+
+    def __init__(self, src: SpoolDirectorySource, cur: _Current) -> None:
+        cfg = src.config
+        self.src = src
+        self.cur = cur
+        self.pos = cur.start
+        self._read_pos = cur.start
+        self._rest = b""
+        self._bodies: list[bytes] = []
+        self._ends: list[int] | None = None  # None: body i consumed len(body) + 1 bytes
+        self._idx = 0
+        self._failure: str | None = None
+        self._eof = False
+        self._max = cfg.maxLineLength
+        self._in = codecs.lookup(cfg.inputCharset).name
+        self._out = codecs.lookup(cfg.outputCharset).name
+        self._errors = {"FAIL": "strict", "REPLACE": "replace", "IGNORE": "ignore"}[
+            cfg.decodeErrorPolicy
+        ]
+
+    async def read(self, n: int) -> list[bytes] | None:
+        """Up to `n` bodies; [] when more input is needed; None at EOF.
+
+        Raises:
+            _FileFailed: the file cannot be decoded (after its good lines were handed out).
+        """
+        while self._idx >= len(self._bodies):
+            if self._failure is not None:
+                raise _FileFailed(self._failure)
+            if self._eof:
+                return None
+            await self._fill()
+        i = self._idx
+        batch = self._bodies[i : i + n]
+        self._idx = i + len(batch)
+        if self._ends is None:
+            self.pos += sum(map(len, batch)) + len(batch)
+        else:
+            self.pos = self._ends[self._idx - 1]
+        return batch
+
+    async def _fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, os.pread, self.cur.fd, CHUNK, self._read_pos)
+        base = self._read_pos - len(self._rest)
+        self._bodies, self._ends, self._idx = [], None, 0
+        if not data:
+            self._eof = True
+            if self._rest:
+                # A last line without a newline still is a line (Flume's readLine).
+                rest, self._rest = self._rest, b""
+                self._slow([rest], base, final=True)
+            return
+        self._read_pos += len(data)
+        if self._rest:
+            data = self._rest + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) < MAX_PENDING:
+                self._rest = data
+            else:
+                # An endless line: cut it here, so memory stays bounded.
+                self._rest = b""
+                self._slow([data], base, final=True)
+            return
+        self._rest = data[cut + 1 :]
+        block = data[:cut]
+        lines = block.split(b"\n")
+        if self._in == self._out and max(map(len, lines)) <= self._max:
+            try:
+                block.decode(self._in)
+            except UnicodeDecodeError:
+                pass
+            else:
+                self._bodies = lines
+                return
+        self._slow(lines, base, final=False)
+
+    def _slow(self, lines: list[bytes], base: int, final: bool) -> None:
+        """Decode, split long lines and re-encode, line by line; ends are exact offsets."""
+        bodies: list[bytes] = []
+        ends: list[int] = []
+        pos = base
+        bad = 0
+        mx = self._max
+        for ln in lines:
+            start = pos
+            pos += len(ln) + (0 if final else 1)
+            try:
+                text = ln.decode(self._in)
+            except UnicodeDecodeError as e:
+                if self._errors == "strict":
+                    self._failure = (
+                        f"cannot decode byte offset {start + e.start} as {self._in} ({e.reason}); "
+                        "decodeErrorPolicy is FAIL"
+                    )
+                    self._eof = True
+                    break
+                bad += 1
+                text = ln.decode(self._in, self._errors)
+            if len(text) <= mx:
+                bodies.append(text.encode(self._out, "replace"))
+                ends.append(pos)
+                continue
+            pieces = [text[j : j + mx] for j in range(0, len(text), mx)]
+            bodies += [p.encode(self._out, "replace") for p in pieces]
+            # A batch ending inside a long line resumes at the line's start (repeats pieces).
+            ends += [start] * (len(pieces) - 1) + [pos]
+        if bad:
+            self.src.counter.EventReadFail += bad
+            self.src.warn(
+                "decode",
+                "Source %s: %d line(s) of %s had bytes undecodable as %s; decodeErrorPolicy "
+                "%s applied.",
+                self.src.name,
+                bad,
+                self.cur.path,
+                self._in,
+                self.src.config.decodeErrorPolicy,
+            )
+        self._bodies, self._ends = bodies, ends
+
+
+class _BlobReader:
+    """The whole file as one event (Flume's BlobDeserializer); files larger than
+    maxBlobLength become several events. `pos` is a byte offset."""
+
+    def __init__(self, src: SpoolDirectorySource, cur: _Current) -> None:
+        self.cur = cur
+        self.pos = cur.start
+        self._max = src.config.maxBlobLength
+
+    async def read(self, n: int) -> list[bytes] | None:
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, os.pread, self.cur.fd, self._max, self.pos)
+        if not data:
+            return None
+        self.pos += len(data)
+        return [data]
+
+
+class _AvroReader:
+    """Records of an Avro container file (Flume's AvroEventDeserializer): each body is
+    one record in Avro binary encoding with the file's schema; the header carries the
+    schema's CRC-64-AVRO fingerprint in hex (HASH) or the schema JSON (LITERAL).
+    `pos` counts records."""
+
+    def __init__(self, src: SpoolDirectorySource, cur: _Current) -> None:
+        self.src = src
+        self.cur = cur
+        self.pos = cur.start
+        self._it: Iterator[bytes] | None = None
+        self._fo: io.BufferedReader | None = None
+        self.header: tuple[str, str] = ("", "")
+
+    def _open(self) -> Iterator[bytes]:
+        fo = self._fo = open(self.cur.fd, "rb", buffering=CHUNK, closefd=False)  # noqa: SIM115
+        reader = fastavro.block_reader(fo)
+        schema = reader.writer_schema
+        raw = reader.metadata.get("avro.schema", "")
+        if self.src.config.schemaType == "HASH":
+            canon = fastavro.schema.to_parsing_canonical_form(schema)
+            self.header = (
+                "flume.avro.schema.hash",
+                fastavro.schema.fingerprint(canon, "CRC-64-AVRO"),
+            )
+        else:
+            self.header = ("flume.avro.schema.literal", raw)
+        parsed = fastavro.parse_schema(schema)
+        skip = self.pos
+
+        def records() -> Iterator[bytes]:
+            seen = 0
+            buf = io.BytesIO()
+            for block in reader:
+                if seen + block.num_records <= skip:
+                    seen += block.num_records
+                    continue
+                for rec in block:
+                    seen += 1
+                    if seen <= skip:
+                        continue
+                    buf.seek(0)
+                    buf.truncate()
+                    fastavro.schemaless_writer(buf, parsed, rec)
+                    yield buf.getvalue()
+
+        return records()
+
+    def _take(self, n: int) -> list[bytes]:
+        try:
+            if self._it is None:
+                os.lseek(self.cur.fd, 0, os.SEEK_SET)
+                self._it = self._open()
+            return list(itertools.islice(self._it, n))
+        except Exception as e:  # noqa: BLE001 - fastavro raises many types on a corrupt file
+            raise _FileFailed(f"not a readable Avro container file: {e!r}") from None
+
+    def close(self) -> None:
+        if self._fo is not None:
+            self._fo.close()  # closefd=False: the descriptor is the caller's
+
+    async def read(self, n: int) -> list[bytes] | None:
+        loop = asyncio.get_running_loop()
+        bodies = await loop.run_in_executor(None, self._take, n)
+        if not bodies:
+            return None
+        self.pos += len(bodies)
+        return bodies
+
+
+_Reader = _LineReader | _BlobReader | _AvroReader
+
+
+class SpoolDirectorySource(Source):
+    """Consumes the files of `spoolDir`, one at a time, resuming mid-file after a restart.
+
+    `start()` checks the directory and opens the tracker (raises ComponentStartError);
+    the work runs in one owned task; `stop()` ends it after its current batch.
+    """
+
+    Config = SpoolDirConfig
+    description = "Files dropped into a directory, one event per line (or record, or file)."
+    config: SpoolDirConfig
+
+    def __init__(self, name: str, config: Any) -> None:
+        super().__init__(name, config)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._tracker: _Tracker | None = None
+        self._queue: list[str] = []
+        self._skip: set[str] = set()  # files that failed and could not be renamed
+        self._last_warn: dict[str, float] = {}
+        cfg = config
+        self._include = re.compile(cfg.includePattern)
+        self._ignore = re.compile(cfg.ignorePattern)
+        self.spool_dir = os.path.abspath(cfg.spoolDir)
+        self.tracker_dir = os.path.join(self.spool_dir, cfg.trackerDir)
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        """Log a warning at most once per WARN_INTERVAL per kind (bad input is counted always)."""
+        now = time.monotonic()
+        if now - self._last_warn.get(kind, -WARN_INTERVAL) >= WARN_INTERVAL:
+            self._last_warn[kind] = now
+            log.warning(msg, *args)
+
+    async def start(self) -> None:
+        self._prepare()
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"source-{self.name}")
+        log.info("Source %s consuming %s.", self.name, self.spool_dir)
+        await super().start()
+
+    def _prepare(self) -> None:
+        """Check the directory, open the tracker. Raises ComponentStartError."""
+        if not os.path.isdir(self.spool_dir):
+            raise ComponentStartError(
+                f"Source {self.name}: spoolDir {self.spool_dir} is not a directory."
+            )
+        if not os.access(self.spool_dir, os.R_OK | os.W_OK | os.X_OK):
+            raise ComponentStartError(
+                f"Source {self.name}: spoolDir {self.spool_dir} must be readable and writable "
+                "(files are renamed when done)."
+            )
+        try:
+            os.makedirs(self.tracker_dir, exist_ok=True)
+            self._tracker = _Tracker(os.path.join(self.tracker_dir, TRACKER_FILE))
+        except OSError as e:
+            raise ComponentStartError(
+                f"Source {self.name}: cannot use trackerDir {self.tracker_dir}: {e}"
+            ) from e
+        rec = self._tracker.record
+        if rec and isinstance(rec.get("path"), str):
+            # Resume the file that was in progress before anything else.
+            self._queue = [rec["path"]]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            done, _ = await asyncio.wait({task}, timeout=10)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+        await super().stop()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                cur = await self._next_file()
+                if cur is None:
+                    await self._sleep(self.config.pollDelay / 1000)
+                    continue
+                try:
+                    await self._consume(cur)
+                finally:
+                    os.close(cur.fd)
+        except Exception:
+            log.exception("Source %s: the spooling loop failed; the source stops.", self.name)
+            self.counter.GenericProcessingFail += 1
+            self.state = LifecycleState.FAILED
+
+    # -- picking files ---------------------------------------------------------------
+
+    def _eligible(self, name: str) -> bool:
+        if name.startswith("."):
+            return False
+        if name.endswith((self.config.fileSuffix, CHANGED_SUFFIX, FAILED_SUFFIX)):
+            return False
+        return bool(self._include.fullmatch(name)) and not self._ignore.fullmatch(name)
+
+    def _scan(self) -> list[str]:
+        """Eligible files in consume order. Runs in an executor."""
+        found: list[tuple[int, str]] = []
+        tracker_real = os.path.realpath(self.tracker_dir)
+        stack = [self.spool_dir]
+        while stack:
+            d = stack.pop()
+            try:
+                entries = list(os.scandir(d))
+            except OSError as e:
+                self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, e)
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir():
+                        if (
+                            self.config.recursiveDirectorySearch
+                            and not e.name.startswith(".")
+                            and not self._ignore.fullmatch(e.name)
+                            and os.path.realpath(e.path) != tracker_real
+                        ):
+                            stack.append(e.path)
+                        continue
+                    if e.is_file() and self._eligible(e.name) and e.path not in self._skip:
+                        found.append((e.stat().st_mtime_ns, e.path))
+                except OSError:
+                    continue  # vanished while listing
+        order = self.config.consumeOrder
+        if order == "random":
+            random.shuffle(found)
+        else:
+            found.sort(key=lambda f: (-f[0] if order == "youngest" else f[0], f[1]))
+        return [p for _, p in found]
+
+    async def _next_file(self) -> _Current | None:
+        loop = asyncio.get_running_loop()
+        if not self._queue:
+            # One listing serves until its files are used up (Flume lists again per file
+            # for oldest/youngest; see docs).
+            self._queue = await loop.run_in_executor(None, self._scan)
+            self._queue.reverse()
+        while self._queue:
+            path = self._queue.pop()
+            if path in self._skip or not self._eligible(os.path.basename(path)):
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # gone, or not readable yet
+            st = os.fstat(fd)
+            assert self._tracker is not None
+            rec = self._tracker.record
+            start = 0
+            if (
+                rec
+                and rec.get("path") == path
+                and (rec["dev"], rec["ino"]) == (st.st_dev, st.st_ino)
+            ):
+                start = int(rec["pos"])
+                cur = _Current(path, fd, st, start)
+                # What the file looked like when it was first picked up, before the restart.
+                cur.size, cur.mtime_ns = int(rec["size"]), int(rec["mtime_ns"])
+                log.info("Source %s: resuming %s at %d.", self.name, path, start)
+            else:
+                cur = _Current(path, fd, st, 0)
+            cfg = self.config
+            if cfg.fileHeader:
+                cur.headers[cfg.fileHeaderKey] = path
+            if cfg.basenameHeader:
+                cur.headers[cfg.basenameHeaderKey] = os.path.basename(path)
+            self._tracker.save(cur.record(start))
+            return cur
+        return None
+
+    # -- consuming one file ----------------------------------------------------------
+
+    async def _consume(self, cur: _Current) -> None:
+        kind = self.config.kind
+        reader: _Reader
+        if kind == "AVRO":
+            reader = _AvroReader(self, cur)
+        elif kind == "BLOB":
+            reader = _BlobReader(self, cur)
+        else:
+            reader = _LineReader(self, cur)
+        try:
+            await self._consume_with(cur, reader)
+        finally:
+            if isinstance(reader, _AvroReader):
+                reader.close()
+
+    async def _consume_with(self, cur: _Current, reader: _Reader) -> None:
+        assert self._tracker is not None
+        n = self.config.batchSize
+        while not self._stopping.is_set():
+            try:
+                bodies = await reader.read(n)
+            except _FileFailed as e:
+                self._set_aside(cur, FAILED_SUFFIX, str(e), counter="EventReadFail")
+                return
+            except OSError as e:
+                self._set_aside(cur, FAILED_SUFFIX, f"cannot be read: {e}", counter="EventReadFail")
+                return
+            if bodies is None:
+                self._retire(cur)
+                return
+            if not bodies:
+                continue
+            hdrs = dict(cur.headers)
+            if isinstance(reader, _AvroReader):
+                hdrs[reader.header[0]] = reader.header[1]
+            events = [Event(b, dict(hdrs)) for b in bodies] if hdrs else [Event(b) for b in bodies]
+            if not await self._deliver(events):
+                return  # stopping: the tracker keeps the last committed position
+            self._tracker.save(cur.record(reader.pos))
+
+    async def _deliver(self, events: list[Event]) -> bool:
+        """Commit `events`, offering what the channel refused again with a growing
+        backoff. False when the source stops first (the batch is not committed)."""
+        counter = self.counter
+        counter.EventReceivedCount += len(events)
+        counter.AppendBatchReceivedCount += 1
+        delay = 0.25
+        while True:
+            try:
+                await self.processor.process_batch(events)
+            except ChannelError as e:
+                counter.ChannelWriteFail += 1
+                accepted = e.accepted if isinstance(e, ChannelFullError) else 0
+                counter.EventAcceptedCount += accepted
+                events = events[accepted:]
+                self.warn(
+                    "full", "Source %s: channel refused a batch, backing off: %s", self.name, e
+                )
+                await self._sleep(delay)
+                if self._stopping.is_set():
+                    return False
+                delay = min(delay * 2, self.config.maxBackoff / 1000)
+                continue
+            counter.EventAcceptedCount += len(events)
+            counter.AppendBatchAcceptedCount += 1
+            return True
+
+    def _retire(self, cur: _Current) -> None:
+        """At EOF: check the file is unchanged since pick-up, then rename or delete it."""
+        assert self._tracker is not None
+        try:
+            st = os.stat(cur.path)
+        except OSError as e:
+            log.error("Source %s: %s vanished while being read: %s", self.name, cur.path, e)
+            self.counter.GenericProcessingFail += 1
+            self._tracker.save(None)
+            return
+        if (st.st_dev, st.st_ino) != (cur.dev, cur.ino) or st.st_size != cur.size:
+            what = f"has changed size since being read ({cur.size} -> {st.st_size} bytes)"
+            self._set_aside(cur, CHANGED_SUFFIX, what, counter="GenericProcessingFail")
+            return
+        if st.st_mtime_ns != cur.mtime_ns:
+            self._set_aside(
+                cur,
+                CHANGED_SUFFIX,
+                "has been modified since being read",
+                counter="GenericProcessingFail",
+            )
+            return
+        try:
+            if self.config.deletePolicy == "immediate":
+                os.unlink(cur.path)
+            else:
+                dest = cur.path + self.config.fileSuffix
+                if os.path.exists(dest):
+                    n = 1
+                    while os.path.exists(f"{cur.path}.{n}{self.config.fileSuffix}"):
+                        n += 1
+                    alt = f"{cur.path}.{n}{self.config.fileSuffix}"
+                    log.error(
+                        "Source %s: file name has been re-used with different files: %s exists; "
+                        "%s renamed to %s instead.",
+                        self.name,
+                        dest,
+                        cur.path,
+                        alt,
+                    )
+                    self.counter.GenericProcessingFail += 1
+                    dest = alt
+                os.rename(cur.path, dest)
+        except OSError as e:
+            log.error(
+                "Source %s: cannot retire %s: %s; it will not be read again until a restart.",
+                self.name,
+                cur.path,
+                e,
+            )
+            self._skip.add(cur.path)
+        self._tracker.save(None)
+
+    def _set_aside(self, cur: _Current, suffix: str, why: str, counter: str) -> None:
+        """Report a file that could not be consumed cleanly and rename it out of the way."""
+        assert self._tracker is not None
+        setattr(self.counter, counter, getattr(self.counter, counter) + 1)
+        dest = cur.path + suffix
+        try:
+            os.rename(cur.path, dest)
+            where = f"renamed to {dest}"
+        except OSError as e:
+            self._skip.add(cur.path)
+            where = f"left in place ({e}) and skipped until a restart"
+        log.error(
+            "Source %s: file %s %s; events read from it so far were delivered; %s. The rest "
+            "of the directory is still consumed.",
+            self.name,
+            cur.path,
+            why,
+            where,
+        )
+        self._tracker.save(None)
