@@ -145,6 +145,14 @@ class FileChannelConfig:
         "checkpoint-timeout",
     )
 
+    def claims(self) -> list[tuple[str, str]]:
+        """One database directory per channel (the default one is named after it)."""
+        dirs = _split_dirs(self.dataDirs) or _split_dirs(self.checkpointDir)
+        if not dirs:
+            return []
+        key = "dataDirs" if _split_dirs(self.dataDirs) else "checkpointDir"
+        return [(f"data directory {os.path.normpath(dirs[0])}", key)]
+
     def check(self) -> list[str]:
         problems = []
         if self.transactionCapacity > self.capacity:

@@ -263,7 +263,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
             problems.append(f"{gwhere}: processor {ptype} takes no keys")
         groups[name] = SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
 
-    _check_resources(sources, where, problems)
+    _check_resources(sources, where, problems, channels)
     if problems:
         raise ConfigError(problems)
     used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
@@ -273,17 +273,36 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     return AgentSpec(agent, sources, channels, sinks, groups)
 
 
-def _check_resources(sources: Mapping[str, SourceSpec], where: str, problems: list[str]) -> None:
-    """No two sources may listen on the same port (Vector's `resources()` check)."""
-    seen: dict[tuple[str, int], str] = {}
-    for s in sources.values():
-        port = getattr(s.config, "port", None)
-        if not isinstance(port, int) or port == 0:
-            continue
-        proto = "udp" if "udp" in s.type.lower() else "tcp"
-        if (proto, port) in seen:
+def _check_resources(
+    sources: Mapping[str, SourceSpec],
+    where: str,
+    problems: list[str],
+    channels: Mapping[str, ComponentSpec] | None = None,
+) -> None:
+    """No two components may claim one port, directory or file (Vector's `resources()`).
+
+    A component's Config may define `claims() -> list[tuple[str, str]]`: (resource, key)
+    pairs such as ("directory /var/spool/x", "spoolDir"). Listening ports are found
+    through a `port` key.
+    """
+    seen: dict[str, str] = {}
+
+    def claim(resource: str, owner: str, key: str) -> None:
+        if resource in seen:
             problems.append(
-                f"{where}: source {s.name}: key 'port': {proto} port {port} is already used by "
-                f"source {seen[(proto, port)]}"
+                f"{where}: {owner}: key '{key}': {resource} is already used by {seen[resource]}"
             )
-        seen[(proto, port)] = s.name
+        else:
+            seen[resource] = owner
+
+    specs: list[tuple[str, ComponentSpec]] = [(f"source {n}", s) for n, s in sources.items()]
+    specs += [(f"channel {n}", c) for n, c in (channels or {}).items()]
+    for owner, s in specs:
+        port = getattr(s.config, "port", None)
+        if isinstance(port, int) and port != 0:
+            proto = "udp" if "udp" in s.type.lower() else "tcp"
+            claim(f"{proto} port {port}", owner, "port")
+        claims = getattr(s.config, "claims", None)
+        if claims is not None:
+            for resource, key in claims():
+                claim(resource, owner, key)

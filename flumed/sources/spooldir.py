@@ -114,6 +114,11 @@ class SpoolDirConfig:
             self.deserializer.upper(), _DESERIALIZERS.get(self.deserializer, "")
         )
 
+    def claims(self) -> list[tuple[str, str]]:
+        """Two sources on one spool directory would fight over its files and tracker."""
+        spool = os.path.normpath(self.spoolDir)
+        return [(f"spool directory {spool}", "spoolDir")]
+
     def check(self) -> list[str]:
         problems = []
         if not self.kind:

@@ -105,6 +105,11 @@ class TaildirConfig:
             g: {k: str(v) for k, v in kv.items()} for g, kv in group_named(self.headers).items()
         }
 
+    def claims(self) -> list[tuple[str, str]]:
+        """Two sources writing one position file would overwrite each other's positions."""
+        path = os.path.normpath(os.path.expanduser(self.positionFile))
+        return [(f"position file {path}", "positionFile")]
+
     def check(self) -> list[str]:
         problems = []
         if not self.filegroups:

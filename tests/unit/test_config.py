@@ -269,3 +269,47 @@ def test_cli_agent_refuses_bad_config_without_starting(tmp_path):
     r = run_cli("agent", "-f", str(bad), "-n", "a1")
     assert r.returncode == 2
     assert "channel c1: key 'capacity': must be >= 1" in r.stderr
+
+
+def test_two_components_on_one_directory_or_file(tmp_path):
+    text = (
+        GOOD
+        + f"""
+[agents.a1.sources.s1]
+type = "spooldir"
+spoolDir = "{tmp_path}/spool"
+channels = ["c1"]
+[agents.a1.sources.s2]
+type = "spooldir"
+spoolDir = "{tmp_path}/spool/"
+channels = ["c1"]
+[agents.a1.sources.t1]
+type = "taildir"
+positionFile = "{tmp_path}/pos.json"
+filegroups.f1 = "{tmp_path}/logs/.*"
+channels = ["c1"]
+[agents.a1.sources.t2]
+type = "taildir"
+positionFile = "{tmp_path}/pos.json"
+filegroups.f1 = "{tmp_path}/other/.*"
+channels = ["c1"]
+[agents.a1.channels.f1]
+type = "file"
+dataDirs = "{tmp_path}/data"
+[agents.a1.channels.f2]
+type = "file"
+dataDirs = "{tmp_path}/data"
+"""
+    )
+    msg = errors(tmp_path, text)
+    assert (
+        f"source s2: key 'spoolDir': spool directory {tmp_path}/spool is already used by source s1"
+        in msg
+    )
+    assert (
+        f"source t2: key 'positionFile': position file {tmp_path}/pos.json is already used" in msg
+    )
+    assert (
+        f"channel f2: key 'dataDirs': data directory {tmp_path}/data is already used by channel f1"
+        in msg
+    )
