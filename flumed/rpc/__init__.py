@@ -1,0 +1,1 @@
+"""Wire protocols between agents: Avro RPC (Flume's AvroSource/AvroSink) and Thrift RPC."""
