@@ -55,6 +55,8 @@ HIGH_WATER = 4 << 20
 STOP_TIMEOUT = 5.0
 #: TCP keepalive, so that a peer that vanished (host down, cable cut) is noticed.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
+#: Warnings about bad input: this many at once, then one a second.
+LOG_BURST = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,9 @@ class _Connection(asyncio.Protocol):
             del buf[:pos]
         if buf:
             if self.partial_since is None or pos:
+                # A frame has begun: its clock starts, and the serving task must know.
                 self.partial_since = time.monotonic()
+                self.wakeup.set()
         else:
             self.partial_since = None
         if queued:
@@ -258,7 +262,8 @@ class ThriftSource(Source):
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._ssl: ssl.SSLContext | None = None
-        self._last_warn = 0.0
+        self._log_tokens = float(LOG_BURST)
+        self._log_refill = time.monotonic()
         self._suppressed = 0
         self.port = config.port
 
@@ -326,15 +331,18 @@ class ThriftSource(Source):
                 "Source %s: serving a connection failed.", self.name, exc_info=task.exception()
             )
 
-    # -- bad input is counted always and logged at most once a second ------------------
+    # -- bad input is counted always, and logged in bursts of LOG_BURST at most, then
+    # -- one line a second (a token bucket), with the count of lines held back ---------
     def _warn(self, msg: str, *args: object) -> None:
         now = time.monotonic()
-        if now - self._last_warn >= 1.0:
+        self._log_tokens = min(LOG_BURST, self._log_tokens + now - self._log_refill)
+        self._log_refill = now
+        if self._log_tokens >= 1.0:
+            self._log_tokens -= 1.0
             if self._suppressed:
                 msg += " (%d similar messages suppressed)"
                 args = (*args, self._suppressed)
-            self._last_warn = now
-            self._suppressed = 0
+                self._suppressed = 0
             log.warning(msg, *args)
         else:
             self._suppressed += 1
@@ -382,10 +390,11 @@ class ThriftSource(Source):
         assert conn.transport is not None and self._ssl is not None
         timeout = self.config.frame_timeout
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                conn.transport, conn, self._ssl, server_side=True, ssl_handshake_timeout=timeout
-            )
-        except (OSError, TimeoutError, ConnectionError) as e:
+            async with asyncio.timeout(timeout):
+                tls = await asyncio.get_running_loop().start_tls(
+                    conn.transport, conn, self._ssl, server_side=True
+                )
+        except (OSError, TimeoutError) as e:
             reason = str(e) or type(e).__name__
             if isinstance(e, TimeoutError):
                 reason = f"no TLS handshake within frame-timeout {timeout:g}s"
