@@ -98,13 +98,23 @@ class ThriftSourceConfig:
 
 class _Connection(asyncio.Protocol):
     """One client. The callbacks only cut frames and queue them; `ThriftSource._serve`
-    (one task per connection) answers them in order."""
+    (one task per connection) answers them in order.
+
+    TLS runs here over memory BIOs rather than through asyncio's start_tls: uvloop may
+    hand over bytes read before start_tls could take the transport, and asyncio does
+    not report a failed handshake to the protocol; this way both loops behave alike and
+    every refused handshake is a logged reason.
+    """
 
     def __init__(self, source: ThriftSource) -> None:
         self.source = source
         self.max_frame = source.config.max_frame_bytes
         self.transport: asyncio.Transport | None = None
-        self.tls = source._ssl is not None
+        self.tls: ssl.SSLObject | None = None
+        if source._ssl is not None:
+            self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self.tls = source._ssl.wrap_bio(self.tls_in, self.tls_out, server_side=True)
+        self.handshaken = self.tls is None
         self.buf = bytearray()
         self.frames: deque[bytes] = deque()
         self.queued = 0
@@ -122,8 +132,6 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is not None:
-            return  # start_tls hands the same protocol its TLS transport: nothing new
         # uvloop's transports are not asyncio.Transport subclasses; cast, don't check.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
@@ -134,10 +142,8 @@ class _Connection(asyncio.Protocol):
         src = self.source
         src._connections.add(self)
         src.counter.OpenConnectionCount += 1
-        if self.tls:
-            # Nothing is read before the TLS handshake takes the transport over.
-            self.transport.pause_reading()
-            self.partial_since = time.monotonic()
+        if self.tls is not None:
+            self.partial_since = time.monotonic()  # the handshake's clock
         self.task = task = asyncio.create_task(src._serve(self), name=f"thrift-{self.peer}")
         src._tasks.add(task)
         task.add_done_callback(src._task_done)
@@ -145,6 +151,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.error is not None:
             return
+        if self.tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
         buf = self.buf
         buf += data
         pos = 0
@@ -177,6 +187,59 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             self.wakeup.set()
 
+    def _decrypt(self, raw: bytes) -> bytes:
+        """Feed TLS records in; return the plaintext they complete (maybe nothing)."""
+        assert self.tls is not None
+        self.tls_in.write(raw)
+        out: list[bytes] = []
+        try:
+            if not self.handshaken:
+                try:
+                    self.tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    return b""
+                finally:
+                    self._flush_tls()
+                self.handshaken = True
+                self.partial_since = None
+                self.wakeup.set()
+            while True:
+                try:
+                    chunk = self.tls.read(1 << 18)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:  # the peer's close_notify
+                    self.eof_received()
+                    break
+                if not chunk:
+                    break
+                out.append(chunk)
+            self._flush_tls()  # post-handshake messages (session tickets)
+        except ssl.SSLError as e:
+            stage = "TLS error" if self.handshaken else "TLS handshake failed"
+            self.fail(f"{stage}: {e.reason or e}")
+            return b""
+        return b"".join(out)
+
+    def _flush_tls(self) -> None:
+        pending = self.tls_out.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
+
+    def send(self, data: bytes) -> None:
+        """Write one reply (encrypted on a TLS connection)."""
+        if self.transport is None or self.closed or self.transport.is_closing():
+            return
+        if self.tls is not None:
+            try:
+                self.tls.write(data)
+            except ssl.SSLError as e:
+                self.fail(f"TLS error: {e.reason or e}")
+                return
+            self._flush_tls()
+        else:
+            self.transport.write(data)
+
     def _bad_length(self, n: int, head: bytes) -> str:
         if n == 0:
             return "empty frame (length 0)"
@@ -190,9 +253,7 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self.wakeup.set()
-        # Keep the write side open for the answers still due (asyncio's TLS transport
-        # cannot half-close, and warns when asked to).
-        return not self.tls
+        return True  # keep the write side open for the answers still due
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = self.eof = True
@@ -202,7 +263,7 @@ class _Connection(asyncio.Protocol):
 
     def release(self) -> None:
         """Count the connection closed, once: on connection_lost, or when its task ends
-        (after a failed TLS handshake asyncio may not call connection_lost at all)."""
+        (whichever comes first)."""
         if not self.released:
             self.released = True
             self.source.counter.OpenConnectionCount -= 1
@@ -356,8 +417,6 @@ class ThriftSource(Source):
         """Answer the connection's calls in order until it closes, fails, or we stop."""
         timeout = self.config.frame_timeout
         try:
-            if conn.tls and not await self._handshake(conn):
-                return
             while True:
                 if conn.frames:
                     await self._answer(conn, conn.next_frame())
@@ -369,9 +428,9 @@ class ThriftSource(Source):
                 conn.wakeup.clear()
                 if conn.partial_since is not None and not conn.paused:
                     left = conn.partial_since + timeout - time.monotonic()
-                    await self._wait(
-                        conn, conn.wakeup, left, f"left a frame incomplete for {timeout:g}s"
-                    )
+                    what = "a frame" if conn.handshaken else "the TLS handshake"
+                    why = f"left {what} incomplete for {timeout:g}s"
+                    await self._wait(conn, conn.wakeup, left, why)
                 else:
                     await conn.wakeup.wait()
             if conn.error is None and conn.buf and conn.eof:
@@ -382,30 +441,6 @@ class ThriftSource(Source):
             self._connections.discard(conn)
             conn.close()
             conn.release()
-
-    async def _handshake(self, conn: _Connection) -> bool:
-        """Run the TLS handshake over the accepted connection. A failure (not TLS, bad
-        version, no handshake within frame-timeout) is a logged reason, not an error
-        swallowed by asyncio."""
-        assert conn.transport is not None and self._ssl is not None
-        timeout = self.config.frame_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                tls = await asyncio.get_running_loop().start_tls(
-                    conn.transport, conn, self._ssl, server_side=True
-                )
-        except (OSError, TimeoutError) as e:
-            reason = str(e) or type(e).__name__
-            if isinstance(e, TimeoutError):
-                reason = f"no TLS handshake within frame-timeout {timeout:g}s"
-            self._drop(conn, f"TLS handshake failed: {reason}")
-            conn.transport.abort()
-            return False
-        if tls is None:  # the peer went away during the handshake
-            return False
-        conn.transport = cast(asyncio.Transport, tls)
-        conn.partial_since = time.monotonic() if conn.buf else None
-        return True
 
     async def _wait(self, conn: _Connection, event: asyncio.Event, left: float, why: str) -> None:
         try:
@@ -427,8 +462,7 @@ class ThriftSource(Source):
             reply = encode_exception(call, UNKNOWN_METHOD, f"Invalid method name: '{call.method}'")
         else:
             reply = encode_reply(call, await self._commit(conn, call, call.events))
-        if conn.transport is not None and not conn.closed:
-            conn.transport.write(reply)
+        conn.send(reply)
 
     async def _commit(self, conn: _Connection, call: Call, events: list[Event]) -> Status:
         counter = self.counter

@@ -4,9 +4,11 @@ counted at the far end."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.util import free_port, wait_until_sync
 
@@ -106,4 +108,31 @@ def test_next_hop_down_full_and_restarted_loses_nothing(agent_factory, tmp_path:
     assert len(got) - n <= batch
     wait_until_sync(lambda: a.counter("SINK.k", "EventDrainSuccessCount") == n, 30)
     assert a.counter("CHANNEL.c", "ChannelSize") == 0
+    assert a.terminate() == 0 and b.terminate() == 0
+
+
+def test_tls_hop_between_processes_and_a_bad_client(agent_factory, tmp_path: Path):
+    """The agents run uvloop: TLS (start_tls per connection) and the logged reasons for
+    a client that does not speak TLS, checked there too."""
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem")
+    )
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port, out, n = free_port(), tmp_path / "out.txt", 5000
+    tls_source = f'ssl = true\nkeystore = "{tmp_path / "server.pem"}"\n'
+    b = agent_factory(
+        receiver_conf(port, out).replace('channels = ["c"]\n', 'channels = ["c"]\n' + tls_source),
+        name="b",
+    )
+    tls_sink = f'ssl = true\ntruststore = "{tmp_path / "ca.pem"}"\n'
+    a = agent_factory(sender_conf(port, n, 500) + tls_sink, name="a")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"\x00\x00\x00\x10" + b"\x82" * 16)  # plain Thrift on the TLS port
+        assert s.recv(100) == b""
+    wait_until_sync(lambda: len(recorded(out)) >= n, 60, f"{n} events at B")
+    assert sorted(recorded(out)) == list(range(n))
+    wait_until_sync(lambda: "TLS handshake failed" in b.log(), 10, "the logged reason")
+    assert b.counter("SOURCE.r", "EventReadFail") == 1
+    assert a.counter("SINK.k", "ConnectionCreatedCount") == 1
     assert a.terminate() == 0 and b.terminate() == 0
