@@ -40,7 +40,9 @@ class PaddedSeqSource(SequenceGeneratorSource):
         return await super().process()
 
 
-def _conf(port: int, proto: str) -> tuple[str, str]:
+def _conf(port: int, proto: str, tls: Path | None) -> tuple[str, str]:
+    sink_tls = f'ssl = true\ntruststore = "{tls / "ca.pem"}"' if tls else ""
+    source_tls = f'ssl = true\nkeystore = "{tls / "server.pem"}"' if tls else ""
     sender = f"""
 [agents.a.sources.s]
 type = "tests.bench.bench_thrift:PaddedSeqSource"
@@ -59,6 +61,7 @@ hostname = "127.0.0.1"
 port = {port}
 batch-size = {BATCH}
 protocol = "{proto}"
+{sink_tls}
 """
     receiver = f"""
 [agents.b.sources.r]
@@ -66,6 +69,7 @@ type = "thrift"
 bind = "127.0.0.1"
 port = {port}
 channels = ["c"]
+{source_tls}
 [agents.b.channels.c]
 type = "memory"
 capacity = 50000
@@ -79,10 +83,20 @@ batchSize = {BATCH}
     return sender, receiver
 
 
-def _run(proto: str) -> float:
+def _run(proto: str, tls: bool = False) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        sender, receiver = _conf(port, proto)
+        pki = None
+        if tls:
+            import trustme
+
+            pki = Path(tmp)
+            ca = trustme.CA()
+            ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+                str(pki / "server.pem")
+            )
+            ca.cert_pem.write_to_path(str(pki / "ca.pem"))
+        sender, receiver = _conf(port, proto, pki)
         (Path(tmp) / "a.toml").write_text(sender)
         (Path(tmp) / "b.toml").write_text(receiver)
         b = AgentProcess(Path(tmp) / "b.toml", name="b").start()
@@ -106,10 +120,11 @@ def _run(proto: str) -> float:
 
 
 def main() -> None:
-    for proto in ("compact", "binary"):
-        rate = statistics.median(_run(proto) for _ in range(3))
+    for proto, tls in (("compact", False), ("binary", False), ("compact", True)):
+        rate = statistics.median(_run(proto, tls) for _ in range(3))
+        how = proto + (", TLS" if tls else "")
         print(
-            f"seq ({BODY}-byte bodies) -> memory -> thrift sink ({proto}) -> [process] -> "
+            f"seq ({BODY}-byte bodies) -> memory -> thrift sink ({how}) -> [process] -> "
             f"thrift source -> memory -> null (batch {BATCH}): {rate:,.0f} events/s, "
             f"{rate * BODY / 1e6:.1f} MB/s",
             flush=True,

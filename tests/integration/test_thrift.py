@@ -522,3 +522,40 @@ def test_flume_keys_are_accepted(caplog):
     assert spec.sources["r"].config.protocol == "binary"
     assert spec.sinks["k"].config.connection_reset_interval == 30
     assert "threads" in caplog.text and "maxConnections" in caplog.text
+
+
+async def test_sink_reconnects_before_taking_when_the_receiver_closed_the_idle_connection(
+    agents,
+):
+    from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
+    from flumed.config.keys import parse
+    from flumed.sinks.base import Status as SinkStatus
+    from flumed.sinks.thrift import ThriftSink, ThriftSinkConfig
+
+    port = free_port()
+    b1 = Agent(build_agent({"agents": {"b": receiver(port)}}, "b", "test"), grace=1.0)
+    await b1.start()
+    ch = MemoryChannel("c", MemoryChannelConfig(capacity=10, transactionCapacity=10))
+    await ch.start()
+    sink = ThriftSink("k", parse(ThriftSinkConfig, {"hostname": "127.0.0.1", "port": port}, "k"))
+    sink.channel = ch
+    await sink.start()
+    try:
+        async with ch.transaction() as tx:
+            await tx.put_batch([Event(b"1")])
+        assert await sink.process() is SinkStatus.READY
+        got = await drain(b1.channels["c"])
+        await b1.stop()  # closes the sink's idle connection
+        assert sink.client is not None
+        await wait_until(lambda: not sink.client.connected, what="EOF seen by the sink")
+        b2 = await agents(receiver(port), "b")
+        async with ch.transaction() as tx:
+            await tx.put_batch([Event(b"2")])
+        assert await sink.process() is SinkStatus.READY  # no failed batch on the dead socket
+        got += await drain(b2.channels["c"])
+        assert numbers(got) == [1, 2]
+        k = sink.counter
+        assert (k.ConnectionCreatedCount, k.ConnectionClosedCount, k.EventWriteFail) == (2, 1, 0)
+    finally:
+        await sink.stop()
+        await ch.stop()
