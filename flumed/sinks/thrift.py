@@ -37,9 +37,9 @@ from flumed.rpc.thrift_protocol import (
     decode_reply,
     encode_append_batch,
 )
-from flumed.rpc.tls import client_context, protocol_problems
 from flumed.sinks.base import TAKE_TIMEOUT, Sink
 from flumed.sinks.base import Status as SinkStatus
+from flumed.tls import client_context, protocol_problems
 
 log = logging.getLogger("flumed.sinks.thrift")
 

@@ -44,8 +44,8 @@ from flumed.rpc.thrift_protocol import (
     encode_exception,
     encode_reply,
 )
-from flumed.rpc.tls import protocol_problems, server_context
 from flumed.sources.base import Source
+from flumed.tls import protocol_problems, server_context
 
 log = logging.getLogger("flumed.sources.thrift")
 
@@ -67,9 +67,14 @@ class ThriftSourceConfig:
         "compact", doc="Accepted; each connection is answered in the protocol it speaks."
     )
     ssl: bool = key(False)
-    keystore: str | None = key(None, doc="PEM file: the certificate chain (and the key)")
-    keystore_key: str | None = key(None, name="keystore-key", doc="PEM private key file")
-    keystore_password: str | None = key(None, name="keystore-password")
+    # `certificate` / `key` / `key-password` are the names the other TLS sources use.
+    keystore: str | None = key(
+        None, aliases=("certificate",), doc="PEM file: the certificate chain (and the key)"
+    )
+    keystore_key: str | None = key(
+        None, name="keystore-key", aliases=("key",), doc="PEM private key file"
+    )
+    keystore_password: str | None = key(None, name="keystore-password", aliases=("key-password",))
     keystore_type: str = key("PEM", name="keystore-type")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key([], name="exclude-protocols")
