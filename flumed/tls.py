@@ -19,6 +19,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
+from flumed.errors import ComponentStartError
+
 _ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 _VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
@@ -124,3 +126,43 @@ def client_context(
         ctx.check_hostname = False
     _limit_versions(ctx, include, exclude)
     return ctx
+
+
+def start_server_context(
+    who: str,
+    certificate: str,
+    key: str | None,
+    password: str | None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> ssl.SSLContext:
+    """`server_context` for a component's `start()`.
+
+    Raises:
+        ComponentStartError: naming `who` and the files that could not be loaded.
+    """
+    try:
+        return server_context(certificate, key, password, include, exclude)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise ComponentStartError(
+            f"{who}: cannot load TLS certificate {certificate!r} (key {key or certificate!r}): {e}"
+        ) from e
+
+
+def start_client_context(
+    who: str,
+    cafile: str | None,
+    trust_all: bool,
+    verify_hostname: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> ssl.SSLContext:
+    """`client_context` for a component's `start()`.
+
+    Raises:
+        ComponentStartError: naming `who` and the truststore that could not be loaded.
+    """
+    try:
+        return client_context(cafile, trust_all, verify_hostname, include, exclude)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise ComponentStartError(f"{who}: cannot load truststore {cafile!r}: {e}") from e

@@ -16,18 +16,17 @@ Keys as Flume's: `hostname`, `port`, `batch-size`, `connect-timeout`,
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ComponentStartError, DeliveryError
+from flumed.errors import DeliveryError
 from flumed.rpc.avro_client import AvroRpcClient, ConnectFailed, RpcError
 from flumed.rpc.avro_protocol import DEFAULT_MAX_PACK
 from flumed.rpc.avro_protocol import Status as RpcStatus
 from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
-from flumed.tls import client_context, protocol_problems
+from flumed.tls import protocol_problems, start_client_context
 
 log = logging.getLogger("flumed.sinks.avro")
 
@@ -83,18 +82,14 @@ class AvroSink(Sink):
         cfg = self.config
         context = None
         if cfg.ssl:
-            try:
-                context = client_context(
-                    cfg.truststore,
-                    cfg.trust_all_certs,
-                    cfg.ssl_verify_hostname,
-                    cfg.include_protocols,
-                    cfg.exclude_protocols,
-                )
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ComponentStartError(
-                    f"sink {self.name}: cannot load truststore {cfg.truststore!r}: {e}"
-                ) from e
+            context = start_client_context(
+                f"sink {self.name}",
+                cfg.truststore,
+                cfg.trust_all_certs,
+                cfg.ssl_verify_hostname,
+                cfg.include_protocols,
+                cfg.exclude_protocols,
+            )
         self.client = AvroRpcClient(
             cfg.hostname,
             cfg.port,

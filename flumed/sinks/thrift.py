@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ComponentStartError, DeliveryError
+from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.rpc.thrift_protocol import (
     APPEND_BATCH,
@@ -39,7 +39,7 @@ from flumed.rpc.thrift_protocol import (
 )
 from flumed.sinks.base import TAKE_TIMEOUT, Sink
 from flumed.sinks.base import Status as SinkStatus
-from flumed.tls import client_context, protocol_problems
+from flumed.tls import protocol_problems, start_client_context
 
 log = logging.getLogger("flumed.sinks.thrift")
 
@@ -225,18 +225,14 @@ class ThriftSink(Sink):
         cfg = self.config
         ctx = None
         if cfg.ssl:
-            try:
-                ctx = client_context(
-                    cfg.truststore,
-                    cfg.trust_all_certs,
-                    cfg.ssl_verify_hostname,
-                    cfg.include_protocols,
-                    cfg.exclude_protocols,
-                )
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ComponentStartError(
-                    f"sink {self.name}: cannot load truststore {cfg.truststore!r}: {e}"
-                ) from e
+            ctx = start_client_context(
+                f"sink {self.name}",
+                cfg.truststore,
+                cfg.trust_all_certs,
+                cfg.ssl_verify_hostname,
+                cfg.include_protocols,
+                cfg.exclude_protocols,
+            )
         self.client = ThriftRpcClient(
             cfg.hostname,
             cfg.port,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ChannelError, ComponentStartError
+from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.rpc.avro_protocol import (
     DEFAULT_MAX_PACK,
@@ -45,7 +45,7 @@ from flumed.rpc.avro_transport import PackConnection
 from flumed.rpc.ipfilter import IpFilter, parse_rules
 from flumed.rpc.stream import Layer, build_layers
 from flumed.sources.base import Source
-from flumed.tls import check_tls, server_context
+from flumed.tls import check_tls, start_server_context
 
 log = logging.getLogger("flumed.sources.avro")
 
@@ -220,19 +220,14 @@ class AvroSource(Source):
         cfg = self.config
         if cfg.ssl:
             assert cfg.certificate is not None
-            try:
-                self._ssl = server_context(
-                    cfg.certificate,
-                    cfg.key_file,
-                    cfg.key_password,
-                    cfg.include_protocols,
-                    cfg.exclude_protocols,
-                )
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ComponentStartError(
-                    f"source {self.name}: cannot load certificate {cfg.certificate!r} "
-                    f"(key {cfg.key_file or cfg.certificate!r}): {e}"
-                ) from e
+            self._ssl = start_server_context(
+                f"source {self.name}",
+                cfg.certificate,
+                cfg.key_file,
+                cfg.key_password,
+                cfg.include_protocols,
+                cfg.exclude_protocols,
+            )
         loop = asyncio.get_running_loop()
         self._stopping.clear()
         self._server = await loop.create_server(

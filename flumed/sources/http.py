@@ -48,7 +48,7 @@ from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.registry import import_from_string
 from flumed.sources.base import Source
-from flumed.tls import check_tls, server_context
+from flumed.tls import check_tls, start_server_context
 
 log = logging.getLogger("flumed.sources.http")
 
@@ -342,19 +342,14 @@ class HTTPSource(Source):
         if not cfg.ssl:
             return None
         assert cfg.certificate is not None
-        try:
-            return server_context(
-                cfg.certificate,
-                cfg.key_file,
-                cfg.key_password,
-                cfg.include_protocols,
-                cfg.exclude_protocols,
-            )
-        except (OSError, ssl.SSLError) as e:
-            raise ComponentStartError(
-                f"Source {self.name}: cannot load TLS certificate {cfg.certificate!r} / key "
-                f"{cfg.key_file!r}: {e}"
-            ) from e
+        return start_server_context(
+            f"Source {self.name}",
+            cfg.certificate,
+            cfg.key_file,
+            cfg.key_password,
+            cfg.include_protocols,
+            cfg.exclude_protocols,
+        )
 
     async def start(self) -> None:
         cfg = self.config

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.config.keys import ignored, key, prefix
-from flumed.errors import ComponentStartError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 from flumed.sources.syslog_parser import INCOMPLETE, STATUS, SyslogFramer, SyslogParser
 from flumed.sources.tcp import STOP_GRACE, StreamConnection, close_connections, commit_held
-from flumed.tls import check_tls, server_context
+from flumed.tls import check_tls, start_server_context
 
 log = logging.getLogger("flumed.sources.syslog")
 
@@ -109,19 +108,14 @@ class SyslogTcpSource(Source):
         cfg = self.config
         if not cfg.ssl:
             return None
-        try:
-            return server_context(
-                cfg.certificate,
-                cfg.key_file,
-                cfg.key_password,
-                cfg.include_protocols,
-                cfg.exclude_protocols,
-            )
-        except (OSError, ssl.SSLError) as e:
-            raise ComponentStartError(
-                f"Source {self.name}: cannot load TLS certificate {cfg.certificate!r} / key "
-                f"{cfg.key_file!r}: {e}"
-            ) from e
+        return start_server_context(
+            f"Source {self.name}",
+            cfg.certificate,
+            cfg.key_file,
+            cfg.key_password,
+            cfg.include_protocols,
+            cfg.exclude_protocols,
+        )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

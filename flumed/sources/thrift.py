@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ChannelError, ComponentStartError
+from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.rpc.thrift_protocol import (
     APPEND_BATCH,
@@ -45,7 +45,7 @@ from flumed.rpc.thrift_protocol import (
     encode_reply,
 )
 from flumed.sources.base import Source
-from flumed.tls import protocol_problems, server_context
+from flumed.tls import protocol_problems, start_server_context
 
 log = logging.getLogger("flumed.sources.thrift")
 
@@ -337,18 +337,14 @@ class ThriftSource(Source):
         cfg = self.config
         if cfg.ssl:
             assert cfg.keystore is not None
-            try:
-                self._ssl = server_context(
-                    cfg.keystore,
-                    cfg.keystore_key,
-                    cfg.keystore_password,
-                    cfg.include_protocols,
-                    cfg.exclude_protocols,
-                )
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise ComponentStartError(
-                    f"source {self.name}: cannot load keystore {cfg.keystore!r}: {e}"
-                ) from e
+            self._ssl = start_server_context(
+                f"source {self.name}",
+                cfg.keystore,
+                cfg.keystore_key,
+                cfg.keystore_password,
+                cfg.include_protocols,
+                cfg.exclude_protocols,
+            )
         loop = asyncio.get_running_loop()
         self._stopping.clear()
         self._server = await loop.create_server(
