@@ -167,11 +167,13 @@ class Channel(Component):
 
     @property
     def capacity(self) -> int:
-        raise NotImplementedError
+        """Most events held (the `capacity` key, by default)."""
+        return int(self.config.capacity)
 
     @property
     def transaction_capacity(self) -> int:
-        raise NotImplementedError
+        """Most events in one transaction (the `transactionCapacity` key, by default)."""
+        return int(self.config.transactionCapacity)
 
     async def start(self) -> None:
         await super().start()

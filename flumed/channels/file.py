@@ -576,14 +576,6 @@ class FileChannel(Channel):
     def size(self) -> int:
         return self._used
 
-    @property
-    def capacity(self) -> int:
-        return self.config.capacity
-
-    @property
-    def transaction_capacity(self) -> int:
-        return self.config.transactionCapacity
-
     def adopt(self, old: Channel) -> None:
         """Take over the events of a memory channel this one replaces on reload.
 

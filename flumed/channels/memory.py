@@ -180,14 +180,6 @@ class MemoryChannel(Channel):
     def size(self) -> int:
         return self._used
 
-    @property
-    def capacity(self) -> int:
-        return self.config.capacity
-
-    @property
-    def transaction_capacity(self) -> int:
-        return self.config.transactionCapacity
-
     def adopt(self, old: Channel) -> None:
         """Take over the queued events of the channel this one replaces on reload.
 
