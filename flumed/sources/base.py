@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+from flumed.errors import ChannelError, ChannelFullError
+from flumed.event import Event
 from flumed.lifecycle import Component, LifecycleState
 from flumed.metrics import SourceCounter
 from flumed.routing.processor import ChannelProcessor
@@ -44,6 +48,59 @@ class Source(Component):
     async def stop(self) -> None:
         await super().stop()
         self.counter.stop()
+
+    async def deliver(
+        self,
+        events: list[Event],
+        stopping: asyncio.Event,
+        on_refused: Callable[[ChannelError, int], None],
+        *,
+        max_backoff: float = 1.0,
+        stop_grace: float = 0.0,
+    ) -> bool:
+        """Commit `events`, holding them until the channel takes them (push-back).
+
+        Called by a source's reading task, which reads nothing more meanwhile. A refused
+        batch is offered again: at once after partial progress (the put already waited
+        keep-alive), else after a backoff growing to `max_backoff` seconds.
+        `on_refused(error, events_left)` is called at each refusal (to pause a socket,
+        log rate-limited). Counts EventAcceptedCount, AppendBatchAcceptedCount and
+        ChannelWriteFail; the caller counts what it received.
+
+        Returns True once every event is committed; False when `stopping` is set and
+        the channel still refuses after `stop_grace` seconds (the caller decides
+        whether that is a loss to report or a position not to advance).
+        """
+        counter = self.counter
+        delay = 0.05
+        deadline: float | None = None
+        while True:
+            try:
+                await self.processor.process_batch(events)
+            except ChannelError as e:
+                counter.ChannelWriteFail += 1
+                accepted = e.accepted if isinstance(e, ChannelFullError) else 0
+                counter.EventAcceptedCount += accepted
+                events = events[accepted:]
+                on_refused(e, len(events))
+                if stopping.is_set():
+                    now = time.monotonic()
+                    deadline = now + stop_grace if deadline is None else deadline
+                    if now >= deadline:
+                        return False
+                if accepted:
+                    delay = 0.05
+                    continue
+                if stopping.is_set():
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), delay)
+                delay = min(delay * 2, max_backoff)
+                continue
+            counter.EventAcceptedCount += len(events)
+            counter.AppendBatchAcceptedCount += 1
+            return True
 
 
 class PollableSource(Source):

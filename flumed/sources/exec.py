@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.config.keys import key
-from flumed.errors import ChannelError, ChannelFullError
+from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.sources.base import Source
 
@@ -261,39 +261,23 @@ class ExecSource(Source):
 
         Returns False when the source stops first; the refused lines are then reported.
         """
-        counter = self.counter
         events = [Event(b) for b in bodies]
-        counter.EventReceivedCount += len(events)
-        counter.AppendBatchReceivedCount += 1
-        delay = 0.05
-        while True:
-            try:
-                await self.processor.process_batch(events)
-            except ChannelError as e:
-                counter.ChannelWriteFail += 1
-                accepted = e.accepted if isinstance(e, ChannelFullError) else 0
-                counter.EventAcceptedCount += accepted
-                events = events[accepted:]
-                self._warn(
-                    "Source %s: channel refused %d lines; not reading the command's output "
-                    "until they fit: %s",
-                    self.name,
-                    len(events),
-                    e,
-                )
-                if self._stopping.is_set():
-                    log.error(
-                        "Source %s: stopping with %d lines of output the channel did not take.",
-                        self.name,
-                        len(events),
-                    )
-                    return False
-                await self._sleep(delay)
-                delay = min(delay * 2, RETRY_BACKOFF_MAX)
-                continue
-            counter.EventAcceptedCount += len(events)
-            counter.AppendBatchAcceptedCount += 1
+        self.counter.EventReceivedCount += len(events)
+        self.counter.AppendBatchReceivedCount += 1
+
+        def refused(e: ChannelError, left: int) -> None:
+            self._warn(
+                "Source %s: channel refused %d lines; not reading the command's output "
+                "until they fit: %s",
+                self.name,
+                left,
+                e,
+            )
+
+        if await self.deliver(events, self._stopping, refused, max_backoff=RETRY_BACKOFF_MAX):
             return True
+        log.error("Source %s: stopping with lines of output the channel did not take.", self.name)
+        return False
 
     async def _log_stderr(self, proc: asyncio.subprocess.Process) -> None:
         """Log the child's stderr lines at INFO, at most STDERR_LINES_PER_SEC a second."""

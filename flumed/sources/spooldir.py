@@ -43,7 +43,7 @@ import fastavro
 import fastavro.schema
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
+from flumed.errors import ChannelError, ComponentStartError
 from flumed.event import Event
 from flumed.lifecycle import LifecycleState
 from flumed.sources.base import Source
@@ -651,29 +651,15 @@ class SpoolDirectorySource(Source):
     async def _deliver(self, events: list[Event]) -> bool:
         """Commit `events`, offering what the channel refused again with a growing
         backoff. False when the source stops first (the batch is not committed)."""
-        counter = self.counter
-        counter.EventReceivedCount += len(events)
-        counter.AppendBatchReceivedCount += 1
-        delay = 0.25
-        while True:
-            try:
-                await self.processor.process_batch(events)
-            except ChannelError as e:
-                counter.ChannelWriteFail += 1
-                accepted = e.accepted if isinstance(e, ChannelFullError) else 0
-                counter.EventAcceptedCount += accepted
-                events = events[accepted:]
-                self.warn(
-                    "full", "Source %s: channel refused a batch, backing off: %s", self.name, e
-                )
-                await self._sleep(delay)
-                if self._stopping.is_set():
-                    return False
-                delay = min(delay * 2, self.config.maxBackoff / 1000)
-                continue
-            counter.EventAcceptedCount += len(events)
-            counter.AppendBatchAcceptedCount += 1
-            return True
+        self.counter.EventReceivedCount += len(events)
+        self.counter.AppendBatchReceivedCount += 1
+
+        def refused(e: ChannelError, left: int) -> None:
+            self.warn("full", "Source %s: channel refused a batch, backing off: %s", self.name, e)
+
+        return await self.deliver(
+            events, self._stopping, refused, max_backoff=self.config.maxBackoff / 1000
+        )
 
     def _retire(self, cur: _Current) -> None:
         """At EOF: check the file is unchanged since pick-up, then rename or delete it."""

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, cast
 
-from flumed.errors import ChannelError, ChannelFullError
+from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.metrics import SourceCounter
@@ -156,51 +155,32 @@ async def commit_held(
     warn: RateLimitedLog,
     pause: Callable[[], None] | None = None,
 ) -> None:
-    """Commit `events`, holding them until the channel takes them (push-back).
+    """Commit `events` for a connection, holding them until the channel takes them.
 
-    Called by a source's reading task, which reads nothing more meanwhile; `pause` is
-    called when the channel refuses, to stop reading the socket at once. Gives up only
-    when `stopping` is set and the channel stays full for STOP_GRACE seconds; that loss
-    is logged as an error.
+    `pause` stops reading the socket at the first refusal, so TCP pushes back. Gives
+    up only when `stopping` is set and the channel stays full for STOP_GRACE seconds;
+    that loss is logged as an error.
     """
-    counter = source.counter
-    delay = 0.05
-    deadline = 0.0
-    while True:
-        try:
-            await source.processor.process_batch(events)
-        except ChannelError as e:
-            counter.ChannelWriteFail += 1
-            accepted = e.accepted if isinstance(e, ChannelFullError) else 0
-            counter.EventAcceptedCount += accepted
-            events = events[accepted:]
-            if pause is not None:
-                pause()
-            if stopping.is_set():
-                now = time.monotonic()
-                deadline = deadline or now + STOP_GRACE
-                if now >= deadline:
-                    log.error(
-                        "Source %s: stopping with %d received events the channel did not "
-                        "take; they are lost: %s",
-                        source.name,
-                        len(events),
-                        e,
-                    )
-                    return
-            warn.warn(
-                "Source %s: channel refused a batch; holding %d events and reading nothing "
-                "more until it fits (push-back): %s",
-                source.name,
-                len(events),
-                e,
-            )
-            if accepted:
-                # The put already waited keep-alive; progress means room is coming.
-                delay = 0.05
-                continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_BACKOFF_MAX)
-            continue
-        counter.EventAcceptedCount += len(events)
-        return
+    left = len(events)
+
+    def refused(e: ChannelError, n: int) -> None:
+        nonlocal left
+        left = n
+        if pause is not None:
+            pause()
+        warn.warn(
+            "Source %s: channel refused a batch; holding %d events and reading nothing "
+            "more until it fits (push-back): %s",
+            source.name,
+            n,
+            e,
+        )
+
+    if not await source.deliver(
+        events, stopping, refused, max_backoff=RETRY_BACKOFF_MAX, stop_grace=STOP_GRACE
+    ):
+        log.error(
+            "Source %s: stopping with %d received events the channel did not take; they are lost.",
+            source.name,
+            left,
+        )
