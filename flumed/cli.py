@@ -18,20 +18,13 @@ from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import load_document
 from flumed.config.properties import parse_properties, properties_to_document, to_toml
 from flumed.errors import ComponentStartError, ConfigError
+from flumed.logs import setup_logging
 from flumed.metrics import MetricsServer
 
 log = logging.getLogger("flumed")
 
 #: The embedded default agent: netcat on 127.0.0.1:44444 -> memory -> logger.
 DEFAULT_CONF = Path(__file__).with_name("default.toml")
-
-
-def setup_logging(level: str) -> None:
-    # Under systemd, journald stamps each line itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
 def load_spec(path: str, name: str | None) -> AgentSpec:

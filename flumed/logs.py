@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 
 
@@ -33,3 +35,25 @@ class RateLimitedLog:
         self._last = now
         self._held = 0
         self.logger.log(level, msg, *args)
+
+
+class OneLineFormatter(logging.Formatter):
+    """One log entry, one line: newlines in messages and tracebacks become ` | `.
+
+    journald (and grep) treat each line as an entry; a multi-line traceback would
+    become many unrelated entries.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "").replace("\n", " | ")
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr, one line an entry. Called once by the CLI."""
+    # Under systemd, journald stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(fmt))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
