@@ -83,23 +83,6 @@ def group_named(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return groups
 
 
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is bool:
-        return "true or false"
-    if tp is str:
-        return "a string"
-    if origin is list:
-        return "a list of strings"
-    return str(tp)
-
-
 def convert_value(tp: Any, value: Any) -> Any:
     """Convert `value` to `tp`, accepting the strings of a properties file.
 

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import key
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
@@ -34,8 +34,6 @@ class NetcatConfig:
     max_line_length: int = key(512, name="max-line-length", ge=1)
     ack_every_event: bool = key(True, name="ack-every-event")
     encoding: str = key("utf-8")
-
-    IGNORED = ignored()
 
 
 class NetcatSource(Source):
