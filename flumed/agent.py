@@ -9,9 +9,9 @@ from typing import Any
 
 from flumed.channels.base import Channel
 from flumed.config.graph import AgentSpec, SinkGroupSpec
+from flumed.counters import Counter
 from flumed.errors import ComponentStartError, FlumedError
 from flumed.lifecycle import LifecycleState
-from flumed.metrics import Counter
 from flumed.routing.processor import ChannelProcessor
 from flumed.routing.selectors import build_selector
 from flumed.sinks.base import Sink

@@ -18,7 +18,9 @@ class RateLimitedLog:
     def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
         self.logger = logger
         self.interval = interval
-        self._last = 0.0
+        # None, not 0.0: the first occurrence is always logged, whatever the age of the
+        # monotonic clock (a fresh VM or container starts it near zero).
+        self._last: float | None = None
         self._held = 0
 
     def warn(self, msg: str, *args: object) -> None:
@@ -26,7 +28,7 @@ class RateLimitedLog:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         now = time.monotonic()
-        if now - self._last < self.interval:
+        if self._last is not None and now - self._last < self.interval:
             self._held += 1
             return
         if self._held:

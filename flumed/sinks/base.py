@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flumed.channels.base import Channel
-from flumed.lifecycle import Component
-from flumed.metrics import SinkCounter
-from flumed.sources.base import Status
+from flumed.counters import SinkCounter
+from flumed.lifecycle import Component, Status
 
 __all__ = ["Sink", "Status"]
 
