@@ -153,8 +153,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.list_types:
         for kind, table in registry.TABLES.items():
             print(f"{kind}:")
-            for name, path in table.items():
-                print(f"  {name:20} {path}")
+            for row in table.values():
+                flume = row.flume[0] if row.flume else "-"
+                print(f"  {row.name:20} {flume:58} {row.description}")
         return 0
     if not args.file:
         print("flumed validate: -f FILE is required", file=sys.stderr)
