@@ -22,27 +22,91 @@ def flume_json(counters: Iterable[Counter]) -> dict[str, dict[str, str]]:
     return {f"{c.TYPE}.{c.name}": c.flume_json() for c in counters}
 
 
-def _prom_name(counter_name: str) -> str:
+#: One line of help per Flume counter name; names not listed get a generic line.
+HELP: dict[str, str] = {
+    "EventReceivedCount": "Events the source received.",
+    "EventAcceptedCount": "Events the source committed to its channels.",
+    "AppendReceivedCount": "Single-event appends received.",
+    "AppendAcceptedCount": "Single-event appends committed.",
+    "AppendBatchReceivedCount": "Batches received.",
+    "AppendBatchAcceptedCount": "Batches committed.",
+    "OpenConnectionCount": "Connections open now.",
+    "EventReadFail": "Events or requests refused as unreadable.",
+    "ChannelWriteFail": "Batches the channels refused (full or failing).",
+    "GenericProcessingFail": "Other processing failures.",
+    "EventPutAttemptCount": "Events offered to the channel.",
+    "EventPutSuccessCount": "Events committed into the channel.",
+    "EventTakeAttemptCount": "Take attempts on the channel.",
+    "EventTakeSuccessCount": "Events taken and committed out of the channel.",
+    "ChannelSize": "Events in the channel now.",
+    "ChannelCapacity": "The channel's capacity in events.",
+    "ChannelFillPercentage": "How full the channel is, in percent.",
+    "ConnectionCreatedCount": "Connections the sink opened.",
+    "ConnectionClosedCount": "Connections the sink closed.",
+    "ConnectionFailedCount": "Connection attempts that failed.",
+    "BatchEmptyCount": "Takes that found the channel empty.",
+    "BatchUnderflowCount": "Takes smaller than the batch size.",
+    "BatchCompleteCount": "Takes of a full batch.",
+    "EventDrainAttemptCount": "Events the sink tried to deliver.",
+    "EventDrainSuccessCount": "Events the sink delivered.",
+    "EventWriteFail": "Deliveries that failed.",
+    "ChannelReadFail": "Takes that failed.",
+    "StartTime": "When the component started (Unix time).",
+    "StopTime": "When the component stopped (Unix time; 0 while running).",
+    "Unhealthy": "1 while the channel cannot write, else 0.",
+    "Closed": "1 when the channel is closed, else 0.",
+}
+
+
+def _snake(counter_name: str) -> str:
     out = []
     for i, ch in enumerate(counter_name):
         if ch.isupper() and i:
             out.append("_")
         out.append(ch.lower())
-    return "flume_" + "".join(out)
+    return "".join(out)
+
+
+def prom_family(counter_name: str, gauge: bool) -> str:
+    """The Prometheus family name of a Flume counter: counters end in `_total`
+    (`EventAcceptedCount` → `flume_event_accepted_total`), times are in seconds."""
+    snake = _snake(counter_name)
+    if counter_name in ("StartTime", "StopTime"):
+        return f"flume_{snake}_seconds"
+    if gauge:
+        return f"flume_{snake}"
+    snake = snake.removesuffix("_count")
+    return f"flume_{snake}_total"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def prometheus_text(counters: Iterable[Counter], agent: str) -> str:
-    """Render counters in Prometheus text exposition format 0.0.4."""
-    series: dict[str, list[str]] = {}
+    """Render counters in Prometheus text exposition format 0.0.4: one family per counter
+    name with `# HELP` and `# TYPE`, labels agent, kind, type and component."""
+    families: dict[str, tuple[str, str, list[str]]] = {}
     for c in counters:
+        kind = c.TYPE.lower()
+        labels = (
+            f'agent="{_label(agent)}",kind="{kind}",type="{_label(c.component_type or kind)}",'
+            f'component="{_label(c.name)}"'
+        )
         for k, v in c.values().items():
-            metric = _prom_name(k)
-            labels = f'agent="{agent}",type="{c.TYPE.lower()}",component="{c.name}"'
-            series.setdefault(metric, []).append(f"{metric}{{{labels}}} {v}")
+            gauge = k in c.GAUGES
+            family = prom_family(k, gauge)
+            if k in ("StartTime", "StopTime"):
+                v = v / 1000
+            entry = families.get(family)
+            if entry is None:
+                help_text = HELP.get(k, f"Flume counter {k}.")
+                entry = families[family] = ("gauge" if gauge else "counter", help_text, [])
+            entry[2].append(f"{family}{{{labels}}} {v}")
     lines: list[str] = []
-    for metric, rows in series.items():
-        kind = "counter" if metric.endswith("_count") else "gauge"
-        lines.append(f"# TYPE {metric} {kind}")
+    for family, (kind_, help_text, rows) in families.items():
+        lines.append(f"# HELP {family} {help_text}")
+        lines.append(f"# TYPE {family} {kind_}")
         lines.extend(rows)
     return "\n".join(lines) + "\n"
 
