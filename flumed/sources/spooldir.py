@@ -20,6 +20,12 @@ one task owned by the source:
   file) is reported (ERROR, EventReadFail) and renamed to `<name>.FAILED`. Flume
   stops the whole source in both cases; flumed keeps serving the rest of the
   directory.
+
+Symlinks: the source never leaves `spoolDir`. A symbolic link (to a file or a directory)
+is never followed, whatever `recursiveDirectorySearch` says: it is skipped and logged
+(rate-limited). A file is opened with O_NOFOLLOW and its resolved path must lie inside
+the spool directory; it is renamed or deleted only when the name still is the file that
+was read. Directory loops (bind mounts) are cut by remembering each directory visited.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import logging
 import os
 import random
 import re
-import time
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,6 +52,7 @@ from flumed.config.keys import ignored, key
 from flumed.errors import ChannelError, ComponentStartError
 from flumed.event import Event
 from flumed.lifecycle import LifecycleState
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.spooldir")
@@ -147,6 +154,14 @@ class SpoolDirConfig:
         if not self.fileSuffix:
             problems.append("key 'fileSuffix': must not be empty")
         return problems
+
+
+def _fd_path(fd: int, path: str) -> str:
+    """The resolved path of an open file (Linux names it in /proc; elsewhere the name's)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
 
 
 class _FileFailed(Exception):
@@ -445,19 +460,27 @@ class SpoolDirectorySource(Source):
         self._tracker: _Tracker | None = None
         self._queue: list[str] = []
         self._skip: set[str] = set()  # files that failed and could not be renamed
-        self._last_warn: dict[str, float] = {}
+        self._warnings: dict[str, RateLimitedLog] = {}
         cfg = config
         self._include = re.compile(cfg.includePattern)
         self._ignore = re.compile(cfg.ignorePattern)
         self.spool_dir = os.path.abspath(cfg.spoolDir)
         self.tracker_dir = os.path.join(self.spool_dir, cfg.trackerDir)
+        # The spool directory as the kernel names it (set at start): every file read
+        # must resolve inside it.
+        self._spool_real = os.path.realpath(self.spool_dir)
 
     def warn(self, kind: str, msg: str, *args: object) -> None:
         """Log a warning at most once per WARN_INTERVAL per kind (bad input is counted always)."""
-        now = time.monotonic()
-        if now - self._last_warn.get(kind, -WARN_INTERVAL) >= WARN_INTERVAL:
-            self._last_warn[kind] = now
-            log.warning(msg, *args)
+        limiter = self._warnings.get(kind)
+        if limiter is None:
+            limiter = self._warnings[kind] = RateLimitedLog(log, WARN_INTERVAL)
+        limiter.warn(msg, *args)
+
+    def _inside(self, real: str) -> bool:
+        """Whether a resolved path lies strictly inside the spool directory."""
+        root = self._spool_real
+        return real.startswith(root.rstrip(os.sep) + os.sep)
 
     async def start(self) -> None:
         self._prepare()
@@ -468,6 +491,7 @@ class SpoolDirectorySource(Source):
 
     def _prepare(self) -> None:
         """Check the directory, open the tracker. Raises ComponentStartError."""
+        self._spool_real = os.path.realpath(self.spool_dir)
         if not os.path.isdir(self.spool_dir):
             raise ComponentStartError(
                 f"Source {self.name}: spoolDir {self.spool_dir} is not a directory."
@@ -533,20 +557,35 @@ class SpoolDirectorySource(Source):
         return bool(self._include.fullmatch(name)) and not self._ignore.fullmatch(name)
 
     def _scan(self) -> list[str]:
-        """Eligible files in consume order. Runs in an executor."""
+        """Eligible files in consume order. Runs in an executor.
+
+        Symbolic links are never followed (neither to files nor to directories): they are
+        skipped and logged. Each directory is visited once (by device and inode), so a
+        loop made with bind mounts ends too.
+        """
         found: list[tuple[int, str]] = []
         tracker_real = os.path.realpath(self.tracker_dir)
         stack = [self.spool_dir]
-        while stack:
+        visited: set[tuple[int, int]] = set()
+        links: list[str] = []
+        while stack and not self._stopping.is_set():
             d = stack.pop()
             try:
+                st = os.stat(d, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in visited:
+                    continue
+                visited.add((st.st_dev, st.st_ino))
                 entries = list(os.scandir(d))
             except OSError as e:
                 self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, e)
                 continue
             for e in entries:
                 try:
-                    if e.is_dir():
+                    if e.is_symlink():
+                        if not e.name.startswith("."):
+                            links.append(e.path)
+                        continue
+                    if e.is_dir(follow_symlinks=False):
                         if (
                             self.config.recursiveDirectorySearch
                             and not e.name.startswith(".")
@@ -555,16 +594,58 @@ class SpoolDirectorySource(Source):
                         ):
                             stack.append(e.path)
                         continue
-                    if e.is_file() and self._eligible(e.name) and e.path not in self._skip:
-                        found.append((e.stat().st_mtime_ns, e.path))
+                    if (
+                        e.is_file(follow_symlinks=False)
+                        and self._eligible(e.name)
+                        and e.path not in self._skip
+                    ):
+                        found.append((e.stat(follow_symlinks=False).st_mtime_ns, e.path))
                 except OSError:
                     continue  # vanished while listing
+        if links:
+            self.warn(
+                "symlink",
+                "Source %s: skipped %d symbolic link(s) in %s (links are never followed, "
+                "so the source cannot leave its directory), e.g. %s",
+                self.name,
+                len(links),
+                self.spool_dir,
+                links[0],
+            )
         order = self.config.consumeOrder
         if order == "random":
             random.shuffle(found)
         else:
             found.sort(key=lambda f: (-f[0] if order == "youngest" else f[0], f[1]))
         return [p for _, p in found]
+
+    def _open_inside(self, path: str) -> int | None:
+        """Open `path` for reading when it is a regular file inside the spool directory
+        (not through a symlink, at any level); None otherwise (logged, rate-limited)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            if os.path.islink(path):
+                self.warn("symlink", "Source %s: %s is a symbolic link; not read.", self.name, path)
+            return None  # gone, a link, or not readable yet
+        try:
+            st = os.fstat(fd)
+            real = _fd_path(fd, path)
+        except OSError:
+            os.close(fd)
+            return None
+        if not stat.S_ISREG(st.st_mode) or not self._inside(real):
+            os.close(fd)
+            self.warn(
+                "outside",
+                "Source %s: %s resolves to %s, outside %s (or not a regular file); not read.",
+                self.name,
+                path,
+                real,
+                self._spool_real,
+            )
+            return None
+        return fd
 
     async def _next_file(self) -> _Current | None:
         loop = asyncio.get_running_loop()
@@ -577,10 +658,9 @@ class SpoolDirectorySource(Source):
             path = self._queue.pop()
             if path in self._skip or not self._eligible(os.path.basename(path)):
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue  # gone, or not readable yet
+            fd = self._open_inside(path)
+            if fd is None:
+                continue
             st = os.fstat(fd)
             assert self._tracker is not None
             rec = self._tracker.record
@@ -664,8 +744,12 @@ class SpoolDirectorySource(Source):
     def _retire(self, cur: _Current) -> None:
         """At EOF: check the file is unchanged since pick-up, then rename or delete it."""
         assert self._tracker is not None
+        if not self._still_inside(cur):
+            self._skip.add(cur.path)
+            self._tracker.save(None)
+            return
         try:
-            st = os.stat(cur.path)
+            st = os.stat(cur.path, follow_symlinks=False)
         except OSError as e:
             log.error("Source %s: %s vanished while being read: %s", self.name, cur.path, e)
             self.counter.GenericProcessingFail += 1
@@ -714,12 +798,35 @@ class SpoolDirectorySource(Source):
             self._skip.add(cur.path)
         self._tracker.save(None)
 
+    def _still_inside(self, cur: _Current) -> bool:
+        """Whether `cur.path` still is a name inside the spool directory and no symlink:
+        a directory on the way swapped for a symlink since the file was read must not
+        make the rename or delete act outside. Logged when not."""
+        try:
+            parent = os.path.realpath(os.path.dirname(cur.path))
+            st = os.stat(cur.path, follow_symlinks=False)
+        except OSError:
+            return True  # gone: the caller reports it
+        if (parent == self._spool_real or self._inside(parent)) and not stat.S_ISLNK(st.st_mode):
+            return True
+        log.error(
+            "Source %s: %s no longer names the file that was read inside %s (a directory "
+            "on its path was replaced?); it is neither renamed nor deleted.",
+            self.name,
+            cur.path,
+            self._spool_real,
+        )
+        self.counter.GenericProcessingFail += 1
+        return False
+
     def _set_aside(self, cur: _Current, suffix: str, why: str, counter: str) -> None:
         """Report a file that could not be consumed cleanly and rename it out of the way."""
         assert self._tracker is not None
         setattr(self.counter, counter, getattr(self.counter, counter) + 1)
         dest = cur.path + suffix
         try:
+            if not self._still_inside(cur):
+                raise OSError("it no longer names the file read inside the spool directory")
             os.rename(cur.path, dest)
             where = f"renamed to {dest}"
         except OSError as e:

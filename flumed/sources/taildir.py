@@ -18,6 +18,10 @@ How it works, in one task:
   cheap rescan every `pollInterval` ms (stat of the directories, fstat of the open files).
 - A full channel keeps the position; the source backs off (growing, bounded) and offers
   the same lines again.
+- Symlinks: a file name that is a symbolic link is never followed (skipped, logged), files
+  are opened with O_NOFOLLOW, and a group's directory is resolved at start: if it later
+  resolves elsewhere (a directory on its path replaced by a symlink), the group is not
+  listed until it resolves back (docs/security.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from flumed.config.keys import group_named, key, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
 from flumed.lifecycle import LifecycleState
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.taildir")
@@ -122,7 +127,13 @@ class TaildirConfig:
             if not isinstance(path, str) or not path.startswith("/"):
                 problems.append(f"filegroups.{name}: must be an absolute path, got {path!r}")
                 continue
-            rx = path.rpartition("/")[2]
+            d, _, rx = path.rpartition("/")
+            if any(part in (".", "..") for part in d.split("/")):
+                problems.append(
+                    f"filegroups.{name}: the directory {d!r} must not contain '.' or '..' "
+                    "components (write the directory it means)"
+                )
+                continue
             if not rx:
                 problems.append(f"filegroups.{name}: no file name pattern after the last '/'")
                 continue
@@ -369,11 +380,13 @@ def _write_file_atomic(path: str, data: bytes) -> None:
 
 
 class _Group:
-    __slots__ = ("directory", "listed_at", "matched", "mtime", "name", "regex")
+    __slots__ = ("directory", "listed_at", "matched", "mtime", "name", "real", "regex")
 
     def __init__(self, name: str, directory: str, regex: str) -> None:
         self.name = name
         self.directory = directory
+        #: Where the directory resolved to when first listed; it must stay there.
+        self.real: str | None = None
         self.regex = re.compile(regex)
         self.mtime = -1.0
         self.listed_at = -1.0
@@ -417,7 +430,7 @@ class TaildirSource(Source):
         #: Caught-up files beyond this many are closed (reopened when they grow), so that
         #: thousands of files fit under systemd's default soft limit of 1024 descriptors.
         self.max_open = max(16, soft // 2) if soft != resource.RLIM_INFINITY else 1 << 16
-        self._warned: dict[str, float] = {}
+        self._warned: dict[str, RateLimitedLog] = {}
         #: Loop turns and timed rescans, for tests that check the loop does not spin.
         self.passes = 0
         self.rescans = 0
@@ -604,14 +617,46 @@ class TaildirSource(Source):
             and now - mtime > DIR_MTIME_SLACK
         ):
             return
+        real = os.path.realpath(g.directory)
+        if g.real is None:
+            g.real = real
+        elif real != g.real:
+            self._warn(
+                "moved:" + g.directory,
+                "Source %s: filegroup %s: %s now resolves to %s, not %s as before (a "
+                "directory on its path was replaced by a symlink?); not listed until it "
+                "resolves back.",
+                self.name,
+                g.name,
+                g.directory,
+                real,
+                g.real,
+            )
+            g.matched = {}
+            g.mtime = -1.0
+            return
         matched = {}
+        links: list[str] = []
         try:
             with os.scandir(g.directory) as it:
                 for e in it:
-                    if g.regex.fullmatch(e.name) and e.is_file():
-                        matched[e.path] = e.inode()
+                    if g.regex.fullmatch(e.name):
+                        if e.is_symlink():
+                            links.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            matched[e.path] = e.inode()
         except OSError as e:
             log.warning("Source %s: cannot list %s: %s", self.name, g.directory, e)
+        if links:
+            self._warn(
+                "links:" + g.directory,
+                "Source %s: filegroup %s: skipped %d symbolic link(s) matching its pattern "
+                "(links are never followed), e.g. %s",
+                self.name,
+                g.name,
+                len(links),
+                links[0],
+            )
         g.matched = matched
         g.mtime = mtime
         g.listed_at = now
@@ -688,7 +733,7 @@ class TaildirSource(Source):
                 except OSError:
                     continue
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
                 except OSError:
                     continue
                 tf = TailFile(path, inode, pos, "")
@@ -741,15 +786,15 @@ class TaildirSource(Source):
     def _warn(self, key: str, msg: str, *args: object) -> None:
         """Log a warning about `key` at most once a minute (a broken file is retried at
         every pass)."""
-        now = time.monotonic()
-        if now - self._warned.get(key, -RATE_LIMIT) >= RATE_LIMIT:
-            self._warned[key] = now
-            log.warning(msg, *args)
+        limiter = self._warned.get(key)
+        if limiter is None:
+            limiter = self._warned[key] = RateLimitedLog(log, RATE_LIMIT)
+        limiter.warn(msg, *args)
 
     def _open(self, tf: TailFile) -> bool:
         """Open (or re-open after idle) `tf`; False if its path holds another file now."""
         try:
-            fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             self._relist.add(os.path.dirname(tf.path))
             return False
