@@ -145,12 +145,14 @@ def _base(kind: str) -> type:
     return bases[kind]
 
 
-def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
-    """Check and build one agent of a document.
+def strip_prefix(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The keys of `flat` under `prefix.`, without it: ("selector.type" → "type")."""
+    cut = prefix + "."
+    return {k[len(cut) :]: v for k, v in flat.items() if k.startswith(cut)}
 
-    Raises:
-        ConfigError: every problem found.
-    """
+
+def _pick_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> str:
+    """The agent to build: `agent`, or the file's only one. Raises ConfigError."""
     names = agent_names(doc)
     if agent is None:
         if len(names) != 1:
@@ -163,6 +165,16 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
         raise ConfigError(
             f"{where}: no agent named {agent!r} (agents in the file: {', '.join(names) or 'none'})"
         )
+    return agent
+
+
+def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
+    """Check and build one agent of a document.
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    agent = _pick_agent(doc, agent, where)
     a = doc["agents"][agent]
     where = f"{where}: agent {agent}"
     problems: list[str] = []
@@ -171,14 +183,35 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     for k in a:
         if k not in ("sources", "channels", "sinks", "sinkgroups"):
             problems.append(f"{where}: unknown key '{k}'")
+    channels = _build_channels(a, where, problems)
+    declared_channels = set(_section(a, "channels", [], where))
+    sources = _build_sources(a, where, problems, declared_channels)
+    sinks = _build_sinks(a, where, problems, declared_channels)
+    groups = _build_sinkgroups(a, where, problems, set(_section(a, "sinks", [], where)))
+    _check_resources(sources, where, problems, channels)
+    if problems:
+        raise ConfigError(problems)
+    used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
+    for c in channels:
+        if c not in used:
+            log.warning("%s: channel %s is connected to nothing.", where, c)
+    return AgentSpec(agent, sources, channels, sinks, groups)
 
+
+def _build_channels(
+    a: Mapping[str, Any], where: str, problems: list[str]
+) -> dict[str, ComponentSpec]:
     channels: dict[str, ComponentSpec] = {}
     for name, sec in _section(a, "channels", problems, where).items():
         spec, _ = _component("channels", name, sec, where, problems, ())
         if spec is not None:
             channels[name] = spec
-    declared_channels = set(_section(a, "channels", [], where))
+    return channels
 
+
+def _build_sources(
+    a: Mapping[str, Any], where: str, problems: list[str], declared_channels: set[str]
+) -> dict[str, SourceSpec]:
     sources: dict[str, SourceSpec] = {}
     for name, sec in _section(a, "sources", problems, where).items():
         swhere = f"{where}: source {name}"
@@ -191,39 +224,8 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
         for c in chans:
             if c not in declared_channels:
                 problems.append(f"{swhere}: key 'channels': no channel named {c!r}")
-        sel_flat = {k[9:]: v for k, v in flat.items() if k.startswith("selector.")}
-        if isinstance(sel_flat.get("type"), str):
-            # Flume's class names (ReplicatingChannelSelector ...) name the same selectors.
-            short = registry.canonical("selectors", sel_flat["type"])
-            if short is not None:
-                sel_flat["type"] = short
-        selector = SelectorConfig()
-        try:
-            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
-            for c in sorted(selector.channel_names() - set(chans)):
-                problems.append(
-                    f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
-                )
-        except ConfigError as e:
-            problems.extend(e.problems)
-        icpts: list[InterceptorSpec] = []
-        i_flat = {k[13:]: v for k, v in flat.items() if k.startswith("interceptors.")}
-        if isinstance(flat.get("interceptors"), str) and not i_flat:
-            problems.append(f"{swhere}: interceptors {flat['interceptors']!r} have no settings")
-        for iname, ikeys in group_named(i_flat).items():
-            iwhere = f"{swhere}: interceptor {iname}"
-            itype = ikeys.get("type")
-            if not isinstance(itype, str):
-                problems.append(f"{iwhere}: missing required key 'type'")
-                continue
-            try:
-                icls = registry.resolve("interceptors", itype, _base("interceptors"))
-                iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
-                icpts.append(InterceptorSpec(iname, icls, iconf))
-            except registry.UnknownTypeError as e:
-                problems.append(f"{iwhere}: key 'type': {e}")
-            except ConfigError as e:
-                problems.extend(e.problems)
+        selector = _build_selector(flat, chans, swhere, problems)
+        icpts = _build_interceptors(flat, swhere, problems)
         if spec is not None:
             sources[name] = SourceSpec(
                 spec.name,
@@ -235,9 +237,58 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 selector=selector,
                 interceptors=tuple(icpts),
             )
+    return sources
 
+
+def _build_selector(
+    flat: Mapping[str, Any], chans: list[str], swhere: str, problems: list[str]
+) -> SelectorConfig:
+    sel_flat = strip_prefix(flat, "selector")
+    if isinstance(sel_flat.get("type"), str):
+        # Flume's class names (ReplicatingChannelSelector ...) name the same selectors.
+        short = registry.canonical("selectors", sel_flat["type"])
+        if short is not None:
+            sel_flat["type"] = short
+    selector = SelectorConfig()
+    try:
+        selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
+        for c in sorted(selector.channel_names() - set(chans)):
+            problems.append(
+                f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
+            )
+    except ConfigError as e:
+        problems.extend(e.problems)
+    return selector
+
+
+def _build_interceptors(
+    flat: Mapping[str, Any], swhere: str, problems: list[str]
+) -> list[InterceptorSpec]:
+    icpts: list[InterceptorSpec] = []
+    i_flat = strip_prefix(flat, "interceptors")
+    if isinstance(flat.get("interceptors"), str) and not i_flat:
+        problems.append(f"{swhere}: interceptors {flat['interceptors']!r} have no settings")
+    for iname, ikeys in group_named(i_flat).items():
+        iwhere = f"{swhere}: interceptor {iname}"
+        itype = ikeys.get("type")
+        if not isinstance(itype, str):
+            problems.append(f"{iwhere}: missing required key 'type'")
+            continue
+        try:
+            icls = registry.resolve("interceptors", itype, _base("interceptors"))
+            iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
+            icpts.append(InterceptorSpec(iname, icls, iconf))
+        except registry.UnknownTypeError as e:
+            problems.append(f"{iwhere}: key 'type': {e}")
+        except ConfigError as e:
+            problems.extend(e.problems)
+    return icpts
+
+
+def _build_sinks(
+    a: Mapping[str, Any], where: str, problems: list[str], declared_channels: set[str]
+) -> dict[str, SinkSpec]:
     sinks: dict[str, SinkSpec] = {}
-    declared_sinks = set(_section(a, "sinks", [], where))
     for name, sec in _section(a, "sinks", problems, where).items():
         spec, flat = _component("sinks", name, sec, where, problems, ("channel",))
         ch = flat.get("channel")
@@ -250,7 +301,12 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
             sinks[name] = SinkSpec(
                 spec.name, spec.type, spec.cls, spec.config, spec.raw, channel=ch
             )
+    return sinks
 
+
+def _build_sinkgroups(
+    a: Mapping[str, Any], where: str, problems: list[str], declared_sinks: set[str]
+) -> dict[str, SinkGroupSpec]:
     groups: dict[str, SinkGroupSpec] = {}
     grouped: dict[str, str] = {}
     for name, sec in _section(a, "sinkgroups", problems, where).items():
@@ -266,39 +322,39 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 problems.append(f"{gwhere}: sink {s!r} is already in sinkgroup {grouped[s]!r}")
             else:
                 grouped[s] = name
-        pflat = {k[10:]: v for k, v in flat.items() if k.startswith("processor.")}
         for k in flat:
             if k != "sinks" and not k.startswith("processor."):
                 problems.append(f"{gwhere}: unknown key '{k}'")
-        ptype = str(pflat.get("type", "default"))
-        short = registry.canonical("sinkprocessors", ptype)
-        if short is not None and "type" in pflat:
-            # Flume's class names (FailoverSinkProcessor ...) name the same processors.
-            pflat["type"] = ptype = short
-        try:
-            pcls = registry.resolve("sinkprocessors", ptype, _base("sinkprocessors"))
-        except registry.UnknownTypeError as e:
-            problems.append(f"{gwhere}: key 'processor.type': {e}")
-            continue
-        pconf = None
-        if pcls.Config is not None:
-            try:
-                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor")
-            except ConfigError as e:
-                problems.extend(e.problems)
-                continue
-        elif set(pflat) - {"type"}:
-            problems.append(f"{gwhere}: processor {ptype} takes no keys")
-        groups[name] = SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
+        group = _build_processor(name, members, flat, gwhere, problems)
+        if group is not None:
+            groups[name] = group
+    return groups
 
-    _check_resources(sources, where, problems, channels)
-    if problems:
-        raise ConfigError(problems)
-    used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
-    for c in channels:
-        if c not in used:
-            log.warning("%s: channel %s is connected to nothing.", where, c)
-    return AgentSpec(agent, sources, channels, sinks, groups)
+
+def _build_processor(
+    name: str, members: list[str], flat: Mapping[str, Any], gwhere: str, problems: list[str]
+) -> SinkGroupSpec | None:
+    pflat = strip_prefix(flat, "processor")
+    ptype = str(pflat.get("type", "default"))
+    short = registry.canonical("sinkprocessors", ptype)
+    if short is not None and "type" in pflat:
+        # Flume's class names (FailoverSinkProcessor ...) name the same processors.
+        pflat["type"] = ptype = short
+    try:
+        pcls = registry.resolve("sinkprocessors", ptype, _base("sinkprocessors"))
+    except registry.UnknownTypeError as e:
+        problems.append(f"{gwhere}: key 'processor.type': {e}")
+        return None
+    pconf = None
+    if pcls.Config is not None:
+        try:
+            pconf = parse(pcls.Config, pflat, f"{gwhere}: processor")
+        except ConfigError as e:
+            problems.extend(e.problems)
+            return None
+    elif set(pflat) - {"type"}:
+        problems.append(f"{gwhere}: processor {ptype} takes no keys")
+    return SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
 
 
 def _check_resources(
