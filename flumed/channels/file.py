@@ -42,7 +42,8 @@ from typing import Any
 import aiosqlite
 
 from flumed.channels.base import Channel, Transaction
-from flumed.channels.memory import MemoryChannel, _Waiters
+from flumed.channels.memory import MemoryChannel
+from flumed.channels.waiters import Waiters
 from flumed.config.keys import ignored, key, prefix
 from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError, ChannelFullError
@@ -477,28 +478,17 @@ class FileTransaction(Transaction):
 
     async def _do_put(self, events: Sequence[Event]) -> None:
         ch = self.channel
-        if len(self._put) + len(events) > ch.config.transactionCapacity:
-            raise ChannelError(
-                f"Channel {ch.name}: a transaction of {len(self._put) + len(events)} events "
-                f"exceeds transactionCapacity {ch.config.transactionCapacity}; raise "
-                "transactionCapacity or lower the source's batch size."
-            )
+        self._check_capacity(len(self._put), len(events))
         self._put.extend(events)
         ch.counter.EventPutAttemptCount += len(events)
 
     async def _do_take(self, max_events: int, timeout: float) -> list[Event]:
         ch = self.channel
         ch._check_open()
-        room = ch.config.transactionCapacity - self._ntaken
-        if max_events > room:
-            max_events = room
+        max_events = self._take_room(self._ntaken, max_events)
         q = ch._queue
         if (not q or ch._takes_blocked) and timeout > 0:
-            deadline = time.monotonic() + timeout
-            while not q or ch._takes_blocked:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await ch._not_empty.wait(remaining):
-                    break
+            await ch._not_empty.wait_until(lambda: bool(q) and not ch._takes_blocked, timeout)
         ch.counter.EventTakeAttemptCount += 1
         if ch._takes_blocked:
             # Takes cannot be recorded: handing out a batch would only have the sink
@@ -580,8 +570,8 @@ class FileChannel(Channel):
         self._live_bytes = 0
         self._cached_bytes = 0
         self._next_id = 1
-        self._not_empty = _Waiters()
-        self._not_full = _Waiters()
+        self._not_empty = Waiters()
+        self._not_full = Waiters()
         self._db: aiosqlite.Connection | None = None  # the writer's
         # Takes read batches back on their own connection (and thread), so that a read
         # never queues behind the writer's fsync; WAL lets it read while the writer writes.
@@ -620,10 +610,8 @@ class FileChannel(Channel):
         channel replaced by one with another directory leaves its events in its own
         database (served again when a channel points there).
         """
-        if isinstance(old, MemoryChannel) and old._queue:
-            self._adopted = list(old._queue)
-            old._queue.clear()
-            old._used -= len(self._adopted)
+        if isinstance(old, MemoryChannel):
+            self._adopted = old.hand_over()
         elif isinstance(old, FileChannel) and old.path != self.path and old.size:
             log.warning(
                 "Channel %s moves from %s to %s; the %d events in the old database stay "
@@ -880,20 +868,11 @@ class FileChannel(Channel):
 
     async def _reserve(self, n: int) -> None:
         """Reserve room for `n` events, waiting up to keep-alive. Raises ChannelFullError."""
-        cap = self.config.capacity
-        if self._used + n > cap:
-            deadline = time.monotonic() + self.config.keep_alive
-            while self._used + n > cap:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await self._not_full.wait(remaining):
-                    if self._used + n <= cap:
-                        break
-                    raise ChannelFullError(
-                        f"Channel {self.name} is full: {n} events did not fit in "
-                        f"{self.config.keep_alive}s (capacity {cap}, {self._used} in use). "
-                        "Sinks are likely not keeping up with sources, or the channel is "
-                        "too small."
-                    )
+        cap = self.capacity
+        if self._used + n > cap and not await self._not_full.wait_until(
+            lambda: self._used + n <= cap, self.config.keep_alive
+        ):
+            raise self.full_error(n, self._used)
         self._used += n
 
     def _new_row(self, events: list[Event]) -> _Row:
@@ -1219,12 +1198,22 @@ class FileChannel(Channel):
                 free = (await db.execute_fetchall("PRAGMA freelist_count"))[0][0]
                 if not free:
                     break
-                await db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES});")
+                step = min(RECLAIM_STEP_PAGES, self._step_for_disk())
+                await db.executescript(f"PRAGMA incremental_vacuum({step});")
                 await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (sqlite3.Error, ValueError) as e:
             self._vacuum_log.warn(
                 "Channel %s: giving space back from %s failed: %s", self.name, self.path, e
             )
+
+    def _step_for_disk(self) -> int:
+        """Pages one vacuum step may move: each moved page is written to the WAL first,
+        so a step must fit in a quarter of the free disk (at least 16 pages)."""
+        try:
+            free = self._free_bytes()
+        except OSError:
+            return 16
+        return max(16, free // (4 * PAGE_SIZE))
 
     async def _vacuum(self) -> None:
         """Give free pages back to the file system once enough rows were deleted."""
@@ -1236,7 +1225,7 @@ class FileChannel(Channel):
             keep = (VACUUM_KEEP_BYTES + self._live_bytes // 2) // PAGE_SIZE
             if free <= 2 * keep:
                 return
-            step = min(free - keep, VACUUM_STEP_PAGES)
+            step = min(free - keep, VACUUM_STEP_PAGES, self._step_for_disk())
             # executescript steps the pragma to the end; execute() would free one page.
             await db.executescript(f"PRAGMA incremental_vacuum({step});")
             if free - step > 2 * keep:

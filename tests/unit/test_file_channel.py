@@ -642,7 +642,11 @@ async def test_emptied_channel_finds_its_space_again(make_tmpfs):
     emptied, the database gives its space back and puts are accepted without a restart."""
     fs = make_tmpfs("16m")
     ch = await started(
-        fs / "data", keep_alive=0, minimumRequiredSpace=4 << 20, transactionCapacity=1000
+        fs / "data",
+        keep_alive=0,
+        minimumRequiredSpace=4 << 20,
+        transactionCapacity=1000,
+        capacity=1_000_000,
     )
     n = 0
     with pytest.raises(ChannelFullError, match="below minimumRequiredSpace"):
@@ -651,7 +655,16 @@ async def test_emptied_channel_finds_its_space_again(make_tmpfs):
             n += 1000
     assert n > 0
     assert await take_all(ch) == list(range(n))
-    await put(ch, range(n, n + 1000), pad=100)  # refused before the fix until a restart
+
+    # Refused before the fix until a restart; now accepted as a source's retries go on.
+    async def accepted() -> bool:
+        try:
+            await put(ch, range(n, n + 1000), pad=100)
+        except ChannelFullError:
+            return False
+        return True
+
+    await wait_until(accepted, 20, "a put to be accepted again")
     assert await take_all(ch) == list(range(n, n + 1000))
     await ch.stop()
 
