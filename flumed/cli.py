@@ -18,6 +18,7 @@ from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import load_document
 from flumed.config.properties import parse_properties, properties_to_document, to_toml
 from flumed.errors import ComponentStartError, ConfigError
+from flumed.health import DEFAULT_HEALTH_GRACE, HealthCheck
 from flumed.logs import setup_logging
 from flumed.metrics import MetricsServer
 
@@ -70,8 +71,14 @@ class AgentProcess:
             log.error("%s", e)
             return 1
         if args.metrics_port is not None:
+            check = HealthCheck(self.agent, args.health_grace)
             self.metrics = MetricsServer(
-                args.metrics_bind, args.metrics_port, spec.name, self._counters, self._health
+                args.metrics_bind,
+                args.metrics_port,
+                spec.name,
+                self._counters,
+                self._health,
+                check.report,
             )
             try:
                 await self.metrics.start()
@@ -209,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
+    a.add_argument(
+        "--health-grace",
+        type=float,
+        default=DEFAULT_HEALTH_GRACE,
+        help="seconds a sink may fail while its channel holds events before /health "
+        "answers 503 (default %(default)s)",
+    )
     a.add_argument("--log-level", default=os.environ.get("FLUMED_LOG_LEVEL", "INFO"))
     a.set_defaults(func=cmd_agent)
 

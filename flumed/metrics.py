@@ -2,7 +2,8 @@
 
 `GET /metrics` answers Flume's JSON (HTTPMetricsServer shape: every value a string),
 `GET /metrics/prometheus` the same counters in Prometheus text format, and
-`GET /health` 200 when every component runs, 503 otherwise.
+`GET /health` 200 when every component runs and nothing is stuck, else 503 with the
+problems (flumed.health); `GET /health/live` 200 while the event loop answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 
 from flumed.counters import Counter
+from flumed.health import Problem
 
 log = logging.getLogger("flumed.metrics")
 
@@ -121,12 +123,14 @@ class MetricsServer:
         agent: str,
         counters: Callable[[], list[Counter]],
         health: Callable[[], dict[str, str]],
+        problems: Callable[[], list[Problem]] = list,
     ) -> None:
         self.host = host
         self.port = port
         self.agent = agent
         self._counters = counters
         self._health = health
+        self._problems = problems
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -134,6 +138,7 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/metrics/prometheus", self._prometheus)
         app.router.add_get("/health", self._healthz)
+        app.router.add_get("/health/live", self._live)
         app.router.add_get("/", self._index)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -168,9 +173,16 @@ class MetricsServer:
         )
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """Readiness: 200 when every component runs and nothing is stuck; else 503 with
+        the problems (component, what, since)."""
         states = self._health()
-        ok = all(s == "RUNNING" for s in states.values())
+        problems = [p.as_json() for p in self._problems()]
+        ok = not problems and all(s == "RUNNING" for s in states.values())
         return web.json_response(
-            {"status": "UP" if ok else "DOWN", "components": states},
+            {"status": "UP" if ok else "DOWN", "problems": problems, "components": states},
             status=200 if ok else 503,
         )
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: answered while the event loop answers (a hung loop answers nothing)."""
+        return web.json_response({"status": "UP"})
