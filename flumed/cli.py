@@ -79,6 +79,8 @@ class AgentProcess:
                 self._counters,
                 self._health,
                 check.report,
+                tap=args.tap,
+                tap_remote=args.tap_remote,
             )
             try:
                 await self.metrics.start()
@@ -217,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
     a.add_argument(
+        "--tap",
+        action="store_true",
+        help="serve GET /tap on the metrics endpoint for `flumed tap` (off by default)",
+    )
+    a.add_argument(
+        "--tap-remote",
+        action="store_true",
+        help="answer /tap to non-loopback clients too (default: loopback only)",
+    )
+    a.add_argument(
         "--health-grace",
         type=float,
         default=DEFAULT_HEALTH_GRACE,
@@ -249,6 +261,11 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     from flumed.channels.file_recover import add_parser as add_recover_parser
 
     add_recover_parser(sub)
+    from flumed.tap import add_parser as add_tap_parser
+    from flumed.top import add_parser as add_top_parser
+
+    add_top_parser(sub)
+    add_tap_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ problems (flumed.health); `GET /health/live` 200 while the event loop answers.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from flumed.counters import Counter
 from flumed.health import Problem
+from flumed.tap import HUB, MAX_LIMIT, TapSubscriber, parse_match, serve_until_done
 
 log = logging.getLogger("flumed.metrics")
 
@@ -124,6 +126,9 @@ class MetricsServer:
         counters: Callable[[], list[Counter]],
         health: Callable[[], dict[str, str]],
         problems: Callable[[], list[Problem]] = list,
+        *,
+        tap: bool = False,
+        tap_remote: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -131,6 +136,8 @@ class MetricsServer:
         self._counters = counters
         self._health = health
         self._problems = problems
+        self.tap = tap
+        self.tap_remote = tap_remote
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -139,6 +146,8 @@ class MetricsServer:
         app.router.add_get("/metrics/prometheus", self._prometheus)
         app.router.add_get("/health", self._healthz)
         app.router.add_get("/health/live", self._live)
+        if self.tap:
+            app.router.add_get("/tap", self._tap)
         app.router.add_get("/", self._index)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -186,3 +195,46 @@ class MetricsServer:
     async def _live(self, request: web.Request) -> web.Response:
         """Liveness: answered while the event loop answers (a hung loop answers nothing)."""
         return web.json_response({"status": "UP"})
+
+    async def _tap(self, request: web.Request) -> web.StreamResponse:
+        """`flumed tap`'s endpoint (only with --tap): JSON lines of sampled events."""
+        if not self.tap_remote and not _loopback(request.remote):
+            return web.json_response(
+                {"error": "tap is served to loopback clients only (see --tap-remote)"},
+                status=403,
+            )
+        q = request.query
+        component = q.get("component", "")
+        names = {c.name for c in self._counters() if c.TYPE in ("CHANNEL", "SINK")}
+        if component not in names:
+            return web.json_response(
+                {"error": f"no channel or sink named {component!r}", "known": sorted(names)},
+                status=404,
+            )
+        try:
+            limit = int(q.get("limit", "10"))
+            timeout = float(q.get("timeout", "60"))
+            match = parse_match(q.getall("header", []))
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        if not 1 <= limit <= MAX_LIMIT or not 0 < timeout <= 600:
+            return web.json_response(
+                {"error": f"limit must be 1..{MAX_LIMIT} and timeout 0..600 seconds"}, status=400
+            )
+        sub = TapSubscriber(component, limit, match)
+        HUB.subscribe(sub)
+        try:
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await resp.prepare(request)
+            await serve_until_done(sub, resp.write, timeout)
+            await resp.write_eof()
+        finally:
+            HUB.unsubscribe(sub)
+        return resp
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
