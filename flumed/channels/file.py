@@ -166,23 +166,24 @@ class FileChannelConfig:
                 "would be stored unencrypted; remove the encryption keys (use an encrypted "
                 "file system for the data directory instead)"
             )
+        return problems
+
+    def notes(self) -> list[str]:
+        """Warnings about keys Flume uses and flumed does not (logged by the config parser)."""
+        out = []
         dirs = _split_dirs(self.dataDirs)
         cp = self.checkpointDir.strip()
         if dirs and cp and Path(cp) != Path(dirs[0]):
-            log.warning(
-                "File channel: checkpointDir %s is not used; the database and its write-ahead "
-                "log (which is the checkpoint) live in dataDirs, %s.",
-                cp,
-                dirs[0],
+            out.append(
+                f"key 'checkpointDir': {cp} is not used; the database and its write-ahead "
+                f"log (which is the checkpoint) live in dataDirs, {dirs[0]}"
             )
         if len(dirs) > 1:
-            log.warning(
-                "File channel: dataDirs lists %d directories; flumed keeps one database per "
-                "channel and uses only the first, %s.",
-                len(dirs),
-                dirs[0],
+            out.append(
+                f"key 'dataDirs': lists {len(dirs)} directories; flumed keeps one database "
+                f"per channel and uses only the first, {dirs[0]}"
             )
-        return problems
+        return out
 
 
 def _split_dirs(value: str) -> list[str]:

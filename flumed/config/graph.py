@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flumed import registry
-from flumed.config.keys import flatten, group_named, parse
+from flumed.config.keys import flatten, group_named, parse, unknown_key
 from flumed.errors import ConfigError
 from flumed.routing.selectors import SelectorConfig
 
@@ -82,9 +82,19 @@ def _section(agent: Mapping[str, Any], name: str, problems: list[str], where: st
     return dict(sec)
 
 
-def _names(v: Any) -> list[str]:
+def _names(v: Any, where: str = "", key: str = "") -> list[str]:
     if isinstance(v, str):
-        return v.split()
+        if "," in v:
+            log.warning(
+                "%s: key '%s' = %r: Flume splits names on whitespace only, so it would look "
+                "for a name %r (comma included) and not find it; flumed reads the commas "
+                "as separators.",
+                where,
+                key,
+                v,
+                v.split()[0],
+            )
+        return v.replace(",", " ").split()
     if isinstance(v, list):
         return [str(x) for x in v]
     return []
@@ -96,7 +106,13 @@ def agent_names(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _component(
-    kind: str, name: str, section: Any, where: str, problems: list[str], drop: tuple[str, ...]
+    kind: str,
+    name: str,
+    section: Any,
+    where: str,
+    problems: list[str],
+    drop: tuple[str, ...],
+    strict: bool = True,
 ) -> tuple[ComponentSpec | None, dict[str, Any]]:
     """Resolve and parse one component; returns its spec and its full flat keys."""
     cwhere = f"{where}: {kind[:-1]} {name}"
@@ -119,7 +135,7 @@ def _component(
         if k != "type" and not any(k == d or k.startswith(d + ".") for d in drop)
     }
     try:
-        config = parse(cls.Config, own, cwhere)
+        config = parse(cls.Config, own, cwhere, strict=strict)
     except ConfigError as e:
         problems.extend(e.problems)
         return None, flat
@@ -145,8 +161,13 @@ def _base(kind: str) -> type:
     return bases[kind]
 
 
-def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
+def build_agent(
+    doc: Mapping[str, Any], agent: str | None, where: str, *, strict: bool = True
+) -> AgentSpec:
     """Check and build one agent of a document.
+
+    `strict = False` (a Flume properties file, without `validate --strict`) makes an
+    unknown key a warning, as Flume ignores it; otherwise it is an error.
 
     Raises:
         ConfigError: every problem found.
@@ -168,13 +189,16 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     problems: list[str] = []
     if not isinstance(a, Mapping):
         raise ConfigError(f"{where}: must be a table")
+    sections = ("sources", "channels", "sinks", "sinkgroups", "configfilters")
     for k in a:
-        if k not in ("sources", "channels", "sinks", "sinkgroups"):
-            problems.append(f"{where}: unknown key '{k}'")
+        if k not in sections:
+            err = unknown_key(where, k, sections, strict)
+            if err is not None:
+                problems.append(err)
 
     channels: dict[str, ComponentSpec] = {}
     for name, sec in _section(a, "channels", problems, where).items():
-        spec, _ = _component("channels", name, sec, where, problems, ())
+        spec, _ = _component("channels", name, sec, where, problems, (), strict)
         if spec is not None:
             channels[name] = spec
     declared_channels = set(_section(a, "channels", [], where))
@@ -183,9 +207,9 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     for name, sec in _section(a, "sources", problems, where).items():
         swhere = f"{where}: source {name}"
         spec, flat = _component(
-            "sources", name, sec, where, problems, ("channels", "selector", "interceptors")
+            "sources", name, sec, where, problems, ("channels", "selector", "interceptors"), strict
         )
-        chans = _names(flat.get("channels"))
+        chans = _names(flat.get("channels"), swhere, "channels")
         if not chans:
             problems.append(f"{swhere}: missing required key 'channels' (a source needs a channel)")
         for c in chans:
@@ -199,7 +223,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 sel_flat["type"] = short
         selector = SelectorConfig()
         try:
-            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
+            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector", strict=strict)
             for c in sorted(selector.channel_names() - set(chans)):
                 problems.append(
                     f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
@@ -218,7 +242,12 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 continue
             try:
                 icls = registry.resolve("interceptors", itype, _base("interceptors"))
-                iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
+                iconf = parse(
+                    icls.Config,
+                    {k: v for k, v in ikeys.items() if k != "type"},
+                    iwhere,
+                    strict=strict,
+                )
                 icpts.append(InterceptorSpec(iname, icls, iconf))
             except registry.UnknownTypeError as e:
                 problems.append(f"{iwhere}: key 'type': {e}")
@@ -239,7 +268,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     sinks: dict[str, SinkSpec] = {}
     declared_sinks = set(_section(a, "sinks", [], where))
     for name, sec in _section(a, "sinks", problems, where).items():
-        spec, flat = _component("sinks", name, sec, where, problems, ("channel",))
+        spec, flat = _component("sinks", name, sec, where, problems, ("channel",), strict)
         ch = flat.get("channel")
         if not isinstance(ch, str) or not ch:
             problems.append(f"{where}: sink {name}: missing required key 'channel'")
@@ -256,7 +285,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     for name, sec in _section(a, "sinkgroups", problems, where).items():
         gwhere = f"{where}: sinkgroup {name}"
         flat = flatten(sec) if isinstance(sec, Mapping) else {}
-        members = _names(flat.get("sinks"))
+        members = _names(flat.get("sinks"), gwhere, "sinks")
         if not members:
             problems.append(f"{gwhere}: missing required key 'sinks'")
         for s in members:
@@ -269,7 +298,9 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
         pflat = {k[10:]: v for k, v in flat.items() if k.startswith("processor.")}
         for k in flat:
             if k != "sinks" and not k.startswith("processor."):
-                problems.append(f"{gwhere}: unknown key '{k}'")
+                err = unknown_key(gwhere, k, ("sinks", "processor.type"), strict)
+                if err is not None:
+                    problems.append(err)
         ptype = str(pflat.get("type", "default"))
         short = registry.canonical("sinkprocessors", ptype)
         if short is not None and "type" in pflat:
@@ -283,7 +314,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
         pconf = None
         if pcls.Config is not None:
             try:
-                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor")
+                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor", strict=strict)
             except ConfigError as e:
                 problems.extend(e.problems)
                 continue
