@@ -91,6 +91,12 @@ SOURCES = _table(
         "Syslog (RFC 3164/5424) over UDP.",
     ),
     T(
+        "stress",
+        "flumed.sources.stress:StressSource",
+        _S + "StressSource",
+        "Fixed-size events as fast as possible or at a set rate, for load tests.",
+    ),
+    T(
         "multiport_syslogtcp",
         "flumed.sources.multiport_syslogtcp:MultiportSyslogTcpSource",
         _S + "MultiportSyslogTCPSource",
@@ -250,6 +256,12 @@ SELECTORS = _table(
         "flumed.routing.selectors:ReplicatingSelector",
         _C + "ReplicatingChannelSelector",
         "Every event to every channel.",
+    ),
+    T(
+        "load_balancing",
+        "flumed.routing.selectors:LoadBalancingSelector",
+        _C + "LoadBalancingChannelSelector",
+        "Each event to one channel, round robin or random.",
     ),
     T(
         "multiplexing",
