@@ -142,6 +142,12 @@ CHANNELS = _table(
         "A durable channel on SQLite (WAL); survives kill -9.",
     ),
     T(
+        "jdbc",
+        "flumed.channels.jdbc:JdbcChannel",
+        _C + "jdbc.JdbcChannel",
+        "Events in a PostgreSQL or MySQL/MariaDB table, shared by agents.",
+    ),
+    T(
         "kafka",
         "flumed.channels.kafka:KafkaChannel",
         _C + "kafka.KafkaChannel",
