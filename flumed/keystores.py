@@ -37,7 +37,7 @@ _JKS_MAGIC = b"\xfe\xed\xfe\xed"
 _JCEKS_MAGIC = b"\xce\xce\xce\xce"
 
 
-class KeystoreError(Exception):
+class KeystoreError(ValueError):
     """A keystore cannot be read: missing, wrong password, no usable entry."""
 
 

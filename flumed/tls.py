@@ -19,6 +19,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
+from flumed import keystores
 from flumed.errors import ComponentStartError
 
 _ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
@@ -104,7 +105,11 @@ def server_context(
         OSError / ssl.SSLError / ValueError: a file is missing or invalid.
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(certfile, keyfile, password)
+    if keystores.is_java_keystore(certfile):
+        # JKS/JCEKS/PKCS12: `password` is the store's (and, as keytool makes them, the key's).
+        keystores.load_key_material(ctx, keystores.read_keystore(certfile, password))
+    else:
+        ctx.load_cert_chain(certfile, keyfile, password)
     _limit_versions(ctx, include, exclude)
     return ctx
 
@@ -115,10 +120,16 @@ def client_context(
     verify_hostname: bool = True,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    truststore_password: str | None = None,
 ) -> ssl.SSLContext:
-    """A client-side context: the CAs of `cafile` (else the system's), or no checks at
-    all with `trust_all`. Raises OSError / ssl.SSLError / ValueError."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    """A client-side context: the CAs of `cafile` (PEM, or a JKS/JCEKS/PKCS12 truststore
+    opened with `truststore_password`; else the system's CAs), or no checks at all with
+    `trust_all`. Raises OSError / ssl.SSLError / ValueError / KeystoreError."""
+    if cafile is not None and keystores.is_java_keystore(cafile):
+        cadata = keystores.read_truststore(cafile, truststore_password)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=cadata)
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     if trust_all:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -143,7 +154,7 @@ def start_server_context(
     """
     try:
         return server_context(certificate, key, password, include, exclude)
-    except (OSError, ssl.SSLError, ValueError) as e:
+    except (OSError, ssl.SSLError, ValueError, keystores.KeystoreError) as e:
         raise ComponentStartError(
             f"{who}: cannot load TLS certificate {certificate!r} (key {key or certificate!r}): {e}"
         ) from e
@@ -156,6 +167,7 @@ def start_client_context(
     verify_hostname: bool = True,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    truststore_password: str | None = None,
 ) -> ssl.SSLContext:
     """`client_context` for a component's `start()`.
 
@@ -163,6 +175,8 @@ def start_client_context(
         ComponentStartError: naming `who` and the truststore that could not be loaded.
     """
     try:
-        return client_context(cafile, trust_all, verify_hostname, include, exclude)
-    except (OSError, ssl.SSLError, ValueError) as e:
+        return client_context(
+            cafile, trust_all, verify_hostname, include, exclude, truststore_password
+        )
+    except (OSError, ssl.SSLError, ValueError, keystores.KeystoreError) as e:
         raise ComponentStartError(f"{who}: cannot load truststore {cafile!r}: {e}") from e

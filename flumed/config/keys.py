@@ -162,6 +162,30 @@ def key_names(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return {f.metadata.get("name") or f.name: f for f in dataclasses.fields(cls)}
 
 
+def renamed(pairs: Mapping[str, str]) -> dict[str, str]:
+    """Deprecated Flume keys still read: old name -> the key it is read as (warned).
+
+    As Flume 1.10's `translateOldProperties`: the old key is used only when the new one
+    is absent."""
+    return dict(pairs)
+
+
+def _apply_renamed(flat: Mapping[str, Any], renames: Mapping[str, str], where: str) -> dict:
+    out = dict(flat)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out:
+            log.warning(
+                "%s: key '%s' is deprecated and ignored, because '%s' is set.", where, old, new
+            )
+        else:
+            log.warning("%s: key '%s' is deprecated; read as '%s' (use that).", where, old, new)
+            out[new] = value
+    return out
+
+
 def _ignored_reason(k: str, ignored_keys: Mapping[str, str]) -> str | None:
     if k in ignored_keys:
         return ignored_keys[k]
@@ -210,6 +234,9 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str, *, strict: bool = T
     problems: list[str] = []
     hints = typing.get_type_hints(cls)
     ignored_keys: Mapping[str, str] = getattr(cls, "IGNORED", {})
+    renames: Mapping[str, str] = getattr(cls, "RENAMED", {})
+    if renames:
+        flat = _apply_renamed(flat, renames, where)
     values: dict[str, Any] = {}
     used: set[str] = set()
     prefixes: list[tuple[str, dataclasses.Field[Any]]] = []
