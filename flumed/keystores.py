@@ -26,6 +26,7 @@ import secrets
 import shutil
 import ssl
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,21 +168,44 @@ def read_truststore(path: str | os.PathLike[str], password: str | None) -> str:
 
 
 def read_secret_keys(path: str | os.PathLike[str], password: str | None) -> dict[str, bytes]:
-    """The secret-key entries of a JCEKS store: alias -> raw key bytes.
+    """The secret-key entries of a JCEKS store: alias -> raw key bytes (keys protected
+    by the store password, as Hadoop credential stores are). Raises KeystoreError."""
+    return read_secret_keys_with(path, password, None, {})
 
-    Raises KeystoreError."""
+
+def secret_key_aliases(path: str | os.PathLike[str], password: str | None) -> list[str]:
+    """The aliases of a JCEKS store's secret keys. Raises KeystoreError."""
+    return sorted(_load_jks(os.fspath(path), password).secret_keys)
+
+
+def read_secret_keys_with(
+    path: str | os.PathLike[str],
+    password: str | None,
+    aliases: Sequence[str] | None,
+    key_passwords: Mapping[str, str | None],
+) -> dict[str, bytes]:
+    """Secret keys of a JCEKS store: `aliases` (all when None), each decrypted with its
+    entry of `key_passwords`, else the store password (Flume's JCEKSFileKeyProvider).
+    Aliases compare case-insensitively, as Java's. Raises KeystoreError."""
     p = os.fspath(path)
     kind = store_type(p)
     if kind != "JCEKS":
         raise KeystoreError(f"{p!r}: expected a JCEKS keystore, found {kind or 'a text file'}")
     ks = _load_jks(p, password)
+    wanted = {a.lower(): a for a in aliases} if aliases is not None else None
     out: dict[str, bytes] = {}
     for alias, entry in ks.secret_keys.items():
+        name = alias if wanted is None else wanted.get(alias.lower())
+        if name is None:
+            continue
+        pw = key_passwords.get(name)
         try:
-            entry.decrypt(_pw(password))
+            entry.decrypt(_pw(pw if pw is not None else password))
         except Exception as e:  # noqa: BLE001 - pyjks: DecryptionFailureException, unsupported algorithms
-            raise KeystoreError(f"{p!r}: cannot decrypt secret key {alias!r}: {e}") from None
-        out[alias] = bytes(entry.key)
+            raise KeystoreError(
+                f"{p!r}: cannot decrypt secret key {alias!r} (wrong key password?): {e}"
+            ) from None
+        out[name] = bytes(entry.key)
     return out
 
 
