@@ -13,8 +13,8 @@ Flume's keys (FileChannel "encryption"), read by `EncryptionConfig.from_prefix`:
   `...keys.<alias>.passwordFile` (that key's password; default the store's).
 
 A stored blob is `FLE1` + alias + NUL + 12-byte nonce + AES-GCM(ciphertext + tag); the
-channel's name is authenticated with it, so a blob copied into another channel's
-database does not decrypt. Old batches decrypt with whichever listed key made them.
+header is authenticated with it (and an optional `context`; the file channel passes none,
+so a renamed channel still reads its data). Old batches decrypt with whichever listed key made them.
 `KeyRing.decrypt` raises `MissingKeyError` for a key not in the ring (never quarantined
 as damage: the channel refuses to go on) and `ValueError` for a damaged blob.
 """

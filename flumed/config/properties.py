@@ -65,22 +65,25 @@ class _Node:
         self.children: dict[str, _Node] = {}
 
 
-def _to_plain(node: _Node) -> Any:
+def _to_plain(node: _Node, depth: int = 0) -> Any:
     if not node.children:
         return node.value
     names = node.value.split() if node.value is not None else None
-    if names is not None and not set(names) & set(node.children):
-        # Not a list of names (e.g. kafka.topics beside kafka.topics.regex): keep the
-        # value and the children side by side as dotted keys.
+    # depth 2 is a section list (a1.sinks), depth 3 a component: names are components.
+    partial = depth > 3 and not set(names or ()) <= set(node.children)
+    if names is not None and (not set(names) & set(node.children) or partial):
+        # Not a list of names (e.g. kafka.topics beside kafka.topics.regex), or a list
+        # naming some with no keys of their own (encryption.keyProvider.keys = k0 k1
+        # beside keys.k0.passwordFile): keep the value and the children side by side.
         table: dict[str, Any] = {"": node.value}
         for k, child in node.children.items():
-            table[k] = _to_plain(child)
+            table[k] = _to_plain(child, depth + 1)
         return table
     table = {}
     order = names if names is not None else list(node.children)
     for k in order:
         child = node.children.get(k)
-        table[k] = _to_plain(child) if child is not None else {}
+        table[k] = _to_plain(child, depth + 1) if child is not None else {}
     return table
 
 

@@ -58,9 +58,6 @@ ABSENT = {
     "074-spillable-memory-channel.properties": ("SPILLABLEMEMORY", "spillable memory channel"),
     "075-spillable-memory-channel.properties": ("SPILLABLEMEMORY", "spillable memory channel"),
     "091-morphline-interceptor.properties": ("MorphlineInterceptor", "Kite morphlines are Java"),
-    "070-file-channel.properties": ("encryption", "file-channel encryption: being built"),
-    "071-file-channel.properties": ("encryption", "file-channel encryption: being built"),
-    "072-file-channel.properties": ("encryption", "file-channel encryption: being built"),
 }
 
 #: Components other engineers are adding on their branches: flip to passing when merged
