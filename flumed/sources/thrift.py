@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ChannelError
+from flumed.errors import ChannelError, ComponentStartError
 from flumed.event import Event
 from flumed.rpc.thrift_protocol import (
     APPEND_BATCH,
@@ -46,6 +46,7 @@ from flumed.rpc.thrift_protocol import (
 )
 from flumed.sources.base import Source
 from flumed.tls import protocol_problems, start_server_context
+from flumed.tls_ciphers import apply_ciphers, cipher_problems
 
 log = logging.getLogger("flumed.sources.thrift")
 
@@ -78,6 +79,10 @@ class ThriftSourceConfig:
     keystore_type: str = key("PEM", name="keystore-type")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key([], name="exclude-protocols")
+    include_cipher_suites: list[str] = key(
+        [], name="include-cipher-suites", doc="Java suite names (flumed.tls_ciphers)."
+    )
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
     kerberos: bool = key(False)
     max_frame_bytes: int = key(DEFAULT_MAX_FRAME, name="max-frame-bytes", ge=1024)
     frame_timeout: float = key(
@@ -98,6 +103,7 @@ class ThriftSourceConfig:
         if self.kerberos:
             problems.append("kerberos = true is not supported by flumed (SASL/GSSAPI)")
         problems += protocol_problems(self.include_protocols, self.exclude_protocols)
+        problems += cipher_problems(self.include_cipher_suites, self.exclude_cipher_suites)
         return problems
 
 
@@ -345,6 +351,10 @@ class ThriftSource(Source):
                 cfg.include_protocols,
                 cfg.exclude_protocols,
             )
+            try:
+                apply_ciphers(self._ssl, cfg.include_cipher_suites, cfg.exclude_cipher_suites)
+            except ssl.SSLError as e:
+                raise ComponentStartError(f"source {self.name}: {e}") from e
         loop = asyncio.get_running_loop()
         self._stopping.clear()
         self._server = await loop.create_server(
