@@ -1,17 +1,20 @@
-"""TLS from PEM files, with Flume's protocol keys, for sources and sinks.
+"""TLS from PEM files or Java keystores, with Flume's protocol keys, for sources and sinks.
 
-Flume reads a Java keystore (`keystore`, `keystore-password`, `keystore-type`); flumed
-reads a PEM certificate chain and a PEM private key instead. The keys, shared by the
-sources that offer TLS (`syslogtcp`, `multiport_syslogtcp`, `http`, `avro`, `thrift`):
+The keys, shared by the sources that offer TLS (`syslogtcp`, `multiport_syslogtcp`,
+`http`, `avro`, `thrift`):
 
 - `ssl` (false): serve TLS.
-- `certificate`: PEM file with the server certificate (and its chain).
+- `keystore`: Flume's Java keystore (JKS, JCEKS or PKCS12, read by flumed.keystores; the
+  type is found from the content, `keystore-type` is accepted and need not match), or
+- `certificate`: PEM file with the server certificate (and its chain), and
 - `key`: PEM file with the private key (may be the certificate file itself).
-- `key-password`: the key's passphrase, if it is encrypted.
+- `key-password` (aliases `keystore-password`, `keystorePassword`): the keystore's
+  password, or the PEM key's passphrase.
 - `exclude-protocols` (`SSLv3`) / `include-protocols`: space-separated protocol names
   (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`); they set the lowest and highest version.
 
-A Flume `keystore` is refused with a message saying how to convert it.
+Sinks' truststores (`truststore`) are PEM CA files or Java truststores
+(`truststore-password`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ _VERSIONS = {
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
 _SSL_ONLY = {"sslv2", "sslv3", "sslv2hello"}
+#: `keystore-type` / `truststore-type` values accepted (the content decides, see keystores).
+STORE_TYPES = ("PEM", "JKS", "JCEKS", "PKCS12")
 
 
 def _allowed(include: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -64,16 +69,13 @@ def check_tls(
     include: Sequence[str],
     exclude: Sequence[str],
 ) -> list[str]:
-    """Config check of a TLS server's keys, named as the other TLS sources name them."""
+    """Config check of a TLS server's keys, named as the other TLS sources name them.
+
+    `certificate` (PEM) or `keystore` (a JKS/JCEKS/PKCS12 keystore, or PEM: the content
+    decides, see flumed.keystores) names the server's certificate and key."""
     problems = []
-    if keystore:
-        problems.append(
-            "key 'keystore': Java keystores are not read by flumed; export the certificate "
-            "and key as PEM (e.g. `keytool -importkeystore -deststoretype PKCS12` then "
-            "`openssl pkcs12 -nodes`) and set 'certificate' and 'key'"
-        )
-    if enabled and not certificate:
-        problems.append("ssl = true needs key 'certificate' (a PEM file)")
+    if enabled and not (certificate or keystore):
+        problems.append("ssl = true needs key 'keystore' (Java keystore) or 'certificate' (PEM)")
     return problems + protocol_problems(include, exclude)
 
 

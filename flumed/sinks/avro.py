@@ -26,7 +26,7 @@ from flumed.rpc.avro_client import AvroRpcClient, ConnectFailed, RpcError
 from flumed.rpc.avro_protocol import DEFAULT_MAX_PACK
 from flumed.rpc.avro_protocol import Status as RpcStatus
 from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
-from flumed.tls import protocol_problems, start_client_context
+from flumed.tls import STORE_TYPES, protocol_problems, start_client_context
 
 log = logging.getLogger("flumed.sinks.avro")
 
@@ -43,8 +43,11 @@ class AvroSinkConfig:
     compression_level: int = key(6, name="compression-level", ge=0, le=9)
     ssl: bool = key(False)
     trust_all_certs: bool = key(False, name="trust-all-certs")
-    truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
-    truststore_type: str = key("PEM", name="truststore-type")
+    truststore: str | None = key(
+        None, doc="Trusted CAs: a PEM file or a JKS/JCEKS/PKCS12 truststore"
+    )
+    truststore_type: str = key("PEM", name="truststore-type", doc="Found from the content.")
+    truststore_password: str | None = key(None, name="truststore-password")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
@@ -53,16 +56,14 @@ class AvroSinkConfig:
         "outside-ssl", name="compression-layer"
     )
 
-    IGNORED = ignored(
-        "truststore-password", "maxIoWorkers", "exclude-cipher-suites", "include-cipher-suites"
-    )
+    IGNORED = ignored("maxIoWorkers", "exclude-cipher-suites", "include-cipher-suites")
 
     def check(self) -> list[str]:
         problems = []
-        if self.truststore_type.upper() != "PEM":
+        if self.truststore_type.upper() not in STORE_TYPES:
             problems.append(
-                f"truststore-type {self.truststore_type!r} is not supported: flumed reads a "
-                "PEM file of CA certificates (export them with keytool -exportcert -rfc)"
+                f"key 'truststore-type': {self.truststore_type!r}; expected one of "
+                + ", ".join(STORE_TYPES)
             )
         problems += protocol_problems(self.include_protocols, self.exclude_protocols)
         return problems
@@ -89,6 +90,7 @@ class AvroSink(Sink):
                 cfg.ssl_verify_hostname,
                 cfg.include_protocols,
                 cfg.exclude_protocols,
+                cfg.truststore_password,
             )
         self.client = AvroRpcClient(
             cfg.hostname,

@@ -39,7 +39,7 @@ from flumed.rpc.thrift_protocol import (
 )
 from flumed.sinks.base import TAKE_TIMEOUT, Sink
 from flumed.sinks.base import Status as SinkStatus
-from flumed.tls import protocol_problems, start_client_context
+from flumed.tls import STORE_TYPES, protocol_problems, start_client_context
 
 log = logging.getLogger("flumed.sinks.thrift")
 
@@ -57,8 +57,11 @@ class ThriftSinkConfig:
     protocol: Literal["compact", "binary"] = key("compact")
     ssl: bool = key(False)
     trust_all_certs: bool = key(False, name="trust-all-certs")
-    truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
-    truststore_type: str = key("PEM", name="truststore-type")
+    truststore: str | None = key(
+        None, doc="Trusted CAs: a PEM file or a JKS/JCEKS/PKCS12 truststore"
+    )
+    truststore_type: str = key("PEM", name="truststore-type", doc="Found from the content.")
+    truststore_password: str | None = key(None, name="truststore-password")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key([], name="exclude-protocols")
     ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
@@ -66,7 +69,6 @@ class ThriftSinkConfig:
     max_frame_bytes: int = key(DEFAULT_MAX_FRAME, name="max-frame-bytes", ge=1024)
 
     IGNORED = ignored(
-        "truststore-password",
         "maxConnections",
         "client-principal",
         "client-keytab",
@@ -75,10 +77,10 @@ class ThriftSinkConfig:
 
     def check(self) -> list[str]:
         problems = []
-        if self.truststore_type.upper() != "PEM":
+        if self.truststore_type.upper() not in STORE_TYPES:
             problems.append(
-                f"truststore-type {self.truststore_type!r} is not supported: flumed reads a "
-                "PEM file of CA certificates (export them with keytool -exportcert -rfc)"
+                f"key 'truststore-type': {self.truststore_type!r}; expected one of "
+                + ", ".join(STORE_TYPES)
             )
         if self.kerberos:
             problems.append("kerberos = true is not supported by flumed (SASL/GSSAPI)")
@@ -232,6 +234,7 @@ class ThriftSink(Sink):
                 cfg.ssl_verify_hostname,
                 cfg.include_protocols,
                 cfg.exclude_protocols,
+                cfg.truststore_password,
             )
         self.client = ThriftRpcClient(
             cfg.hostname,

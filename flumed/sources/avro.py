@@ -67,8 +67,10 @@ class AvroSourceConfig:
     ssl: bool = key(False)
     certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
     key_file: str | None = key(None, name="key", doc="PEM private key file, with ssl.")
-    key_password: str | None = key(None, name="key-password")
-    keystore: str | None = key(None, doc="Refused: Java keystores are not read.")
+    key_password: str | None = key(
+        None, name="key-password", aliases=("keystore-password", "keystorePassword")
+    )
+    keystore: str | None = key(None, doc="JKS/JCEKS/PKCS12 keystore, with ssl (or certificate).")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     ipFilter: bool = key(False)
@@ -82,7 +84,6 @@ class AvroSourceConfig:
 
     IGNORED = ignored(
         "threads",
-        "keystore-password",
         "keystore-type",
         "exclude-cipher-suites",
         "include-cipher-suites",
@@ -219,10 +220,11 @@ class AvroSource(Source):
     async def start(self) -> None:
         cfg = self.config
         if cfg.ssl:
-            assert cfg.certificate is not None
+            cert = cfg.certificate or cfg.keystore
+            assert cert is not None
             self._ssl = start_server_context(
                 f"source {self.name}",
-                cfg.certificate,
+                cert,
                 cfg.key_file,
                 cfg.key_password,
                 cfg.include_protocols,

@@ -251,8 +251,10 @@ class HTTPSourceConfig:
     ssl: bool = key(False, aliases=("enableSSL",))
     certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
     key_file: str | None = key(None, name="key", doc="PEM private key file, with ssl.")
-    key_password: str | None = key(None, name="key-password")
-    keystore: str | None = key(None, doc="Refused: Java keystores are not read.")
+    key_password: str | None = key(
+        None, name="key-password", aliases=("keystore-password", "keystorePassword")
+    )
+    keystore: str | None = key(None, doc="JKS/JCEKS/PKCS12 keystore, with ssl (or certificate).")
     exclude_protocols: list[str] = key(
         ["SSLv3"], name="exclude-protocols", aliases=("excludeProtocols",)
     )
@@ -260,8 +262,6 @@ class HTTPSourceConfig:
 
     IGNORED = {
         **ignored(
-            "keystore-password",
-            "keystorePassword",
             "keystore-type",
             "exclude-cipher-suites",
             "include-cipher-suites",
@@ -370,10 +370,11 @@ class HTTPSource(Source):
         cfg = self.config
         if not cfg.ssl:
             return None
-        assert cfg.certificate is not None
+        cert = cfg.certificate or cfg.keystore
+        assert cert is not None
         return start_server_context(
             f"Source {self.name}",
-            cfg.certificate,
+            cert,
             cfg.key_file,
             cfg.key_password,
             cfg.include_protocols,

@@ -43,7 +43,9 @@ class MultiportSyslogTcpConfig:
     ssl: bool = key(False)
     certificate: str | None = key(None)
     key_file: str | None = key(None, name="key")
-    key_password: str | None = key(None, name="key-password")
+    key_password: str | None = key(
+        None, name="key-password", aliases=("keystore-password", "keystorePassword")
+    )
     keystore: str | None = key(None)
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     include_protocols: list[str] = key([], name="include-protocols")

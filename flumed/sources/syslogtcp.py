@@ -34,9 +34,7 @@ from flumed.tls import check_tls, start_server_context
 
 log = logging.getLogger("flumed.sources.syslog")
 
-TLS_IGNORED = ignored(
-    "keystore-password", "keystore-type", "exclude-cipher-suites", "include-cipher-suites"
-)
+TLS_IGNORED = ignored("keystore-type", "exclude-cipher-suites", "include-cipher-suites")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +48,10 @@ class SyslogTcpConfig:
     ssl: bool = key(False)
     certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
     key_file: str | None = key(None, name="key", doc="PEM private key file, with ssl.")
-    key_password: str | None = key(None, name="key-password")
-    keystore: str | None = key(None, doc="Refused: Java keystores are not read.")
+    key_password: str | None = key(
+        None, name="key-password", aliases=("keystore-password", "keystorePassword")
+    )
+    keystore: str | None = key(None, doc="JKS/JCEKS/PKCS12 keystore, with ssl (or certificate).")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     include_protocols: list[str] = key([], name="include-protocols")
     format: dict[str, Any] = prefix("format", doc="Refused: Flume's custom formats.")
@@ -110,7 +110,7 @@ class SyslogTcpSource(Source):
             return None
         return start_server_context(
             f"Source {self.name}",
-            cfg.certificate,
+            cfg.certificate or cfg.keystore,
             cfg.key_file,
             cfg.key_password,
             cfg.include_protocols,

@@ -45,7 +45,7 @@ from flumed.rpc.thrift_protocol import (
     encode_reply,
 )
 from flumed.sources.base import Source
-from flumed.tls import protocol_problems, start_server_context
+from flumed.tls import STORE_TYPES, protocol_problems, start_server_context
 from flumed.tls_ciphers import apply_ciphers, cipher_problems
 
 log = logging.getLogger("flumed.sources.thrift")
@@ -94,11 +94,11 @@ class ThriftSourceConfig:
     def check(self) -> list[str]:
         problems = []
         if self.ssl and not self.keystore:
-            problems.append("ssl = true needs 'keystore' (a PEM certificate chain file)")
-        if self.keystore_type.upper() != "PEM":
+            problems.append("ssl = true needs 'keystore' (a Java keystore or a PEM file)")
+        if self.keystore_type.upper() not in STORE_TYPES:
             problems.append(
-                f"keystore-type {self.keystore_type!r} is not supported: flumed reads PEM "
-                "files (convert a JKS/PKCS12 keystore with keytool and openssl)"
+                f"key 'keystore-type': {self.keystore_type!r}; expected one of "
+                + ", ".join(STORE_TYPES)
             )
         if self.kerberos:
             problems.append("kerberos = true is not supported by flumed (SASL/GSSAPI)")
