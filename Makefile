@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench cov clean install-systemd
+.PHONY: install run test fleet lint format bench cov clean install-systemd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# Agents on network namespaces with partitions, loss and restarts (tests/fleet; needs root,
+# iproute2, util-linux logger, and iptables for the lossy-link test; skips without them).
+fleet: $(STAMP)
+	$(PY) -m pytest -q tests/fleet
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

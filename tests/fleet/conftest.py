@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import netns
-from tests.fleet.fleet import Fleet
+from tests.fleet.fleet import Fleet, have_tools
 
 #: Lines for the terminal summary, added by the tests through `report`.
 REPORT: list[str] = []
@@ -21,7 +21,7 @@ REPORT: list[str] = []
 @pytest.fixture(scope="session")
 def namespaces() -> Iterator[None]:
     """Skips (saying why) where namespaces cannot be made; sweeps stale ones first."""
-    reason = netns.why_not()
+    reason = have_tools("ip", "logger") or netns.why_not()
     if reason:
         pytest.skip(reason)
     netns.sweep()

@@ -179,12 +179,20 @@ class Checker:
                     p += 1
                 self.prefix[k] = p
 
+    def _alive(self) -> None:
+        """Raises what stopped the consumer, if it stopped."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+            raise AssertionError("the checker's consumer stopped")
+
     def has(self, sent: dict[Key, int]) -> bool:
         """Whether every event counted in `sent` (n below the count) was seen."""
+        self._alive()
         with self.lock:
             return all(self.prefix[k] >= n for k, n in sent.items())
 
     def seen(self, k: Key) -> int:
+        self._alive()
         with self.lock:
             return len(self.counts[k])
 

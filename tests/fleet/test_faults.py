@@ -73,8 +73,10 @@ def test_collector_killed_and_restarted_twice(fleet_factory: FleetFactory, repor
     for kill in range(2):
         other = fleet.received("c2")
         fleet.agents["c1"].kill()
+        t0 = time.monotonic()
         # c1 stays down while the whole fleet sends ~1000 events through c2 alone.
         wait_until_sync(lambda o=other: fleet.received("c2") > o + 1000, WAIT, "c2 alone")
+        report(f"c1 down {time.monotonic() - t0:.1f} s; c2 carried the fleet meanwhile")
         fleet.restart("c1")
         if kill == 0:
             _back(fleet, "c1")
@@ -92,11 +94,17 @@ def test_partition_of_a_collector(fleet_factory: FleetFactory, report: Report) -
     fleet.flowing()
     fleet.net.set_link("c1", up=False)
     time.sleep(PARTITION_SECONDS)  # the fault's duration, as the issue prescribes
+    held = fleet.counter("c1", "CHANNEL.buffer", "ChannelSize")
     fleet.net.set_link("c1", up=True)
     end = fleet.feeders.snapshot()
     drain = fleet.drained(end)
     _back(fleet, "c1")
     assert _failures_towards(fleet, "c1") > 0, "no edge noticed the partition"
+    report(
+        f"c1 held {held} events for Kafka during the partition; it has "
+        f"{fleet.counter('c1', 'SOURCE.from_edges', 'OpenConnectionCount')} connections "
+        f"from {len(fleet.edges)} edges after it (the cut ones stay half-open)"
+    )
     # Cut: edge -> c1 (an answer lost on the way back) and c1 -> Kafka (likewise).
     _finish(report, fleet, drain, bound(1, 2))
 
@@ -179,6 +187,7 @@ def test_kafka_broker_stopped(fleet_factory: FleetFactory, report: Report) -> No
     end = fleet.feeders.snapshot()
     drain = fleet.drained(end)
     assert held > 0, "the collectors' channels held nothing while Kafka was stopped"
+    report(f"the collectors' channels held {held} events when Kafka came back")
     # Cut: c1 -> Kafka and c2 -> Kafka, a batch each that Kafka may have kept.
     _finish(report, fleet, drain, bound(1, 2))
 
@@ -206,6 +215,7 @@ def test_edge_killed_mid_file(fleet_factory: FleetFactory, report: Report) -> No
     held = fleet.counter(e, "CHANNEL.durable", "ChannelSize")
     fleet.agents[e].kill()
     assert held > 0, "e1 had delivered everything before it was killed"
+    report(f"{e} was killed with {held} events in its file channel")
     fleet.restart(e)  # the file grew meanwhile: taildir goes on from its position
     fleet.feeders.resume_syslog(e)
     end = fleet.feeders.snapshot()
