@@ -139,7 +139,13 @@ def test_lossy_slow_link_of_an_edge(fleet_factory: FleetFactory, report: Report)
     # A backlog for the bad link to carry: ~30,000 lines, ~1 MB of Avro.
     fleet.feeders.burst(e, 30_000)
     crossed = fleet.drained(fleet.feeders.snapshot())
-    report(f"{e}'s 30,000-line backlog crossed the lossy, slow link in {crossed:.1f} s")
+    failed = fleet.total([e], "SINK.c1", "EventWriteFail") + fleet.total(
+        [e], "SINK.c2", "EventWriteFail"
+    )
+    report(
+        f"{e}'s 30,000-line backlog crossed the lossy, slow link in {crossed:.1f} s; "
+        f"{failed} calls failed on the way"
+    )
     assert _iptables_drops(fleet, e) > 0, "the lossy link dropped nothing"
     subprocess.run([*ex, "tc", "qdisc", "del", "dev", "eth0", "root"], check=True)
     subprocess.run([*ex, "iptables", "-F"], check=True)
