@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test fleet lint format bench cov clean install-systemd
+.PHONY: install run test fleet lint format bench cov clean install-systemd docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP) lint
 # iproute2, util-linux logger, and iptables for the lossy-link test; skips without them).
 fleet: $(STAMP)
 	$(PY) -m pytest -q tests/fleet
+
+# Rewrites docs/reference/*.md from the components' key declarations.
+docs: $(STAMP)
+	$(PY) -m flumed.docgen
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

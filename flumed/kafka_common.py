@@ -30,8 +30,8 @@ import fastavro
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from flumed.counters import ChannelCounter, SinkCounter, SourceCounter
 from flumed.event import Event
-from flumed.metrics import ChannelCounter, SinkCounter, SourceCounter
 
 log = logging.getLogger("flumed.kafka")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,7 +19,9 @@ class RateLimitedLog:
     def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
         self.logger = logger
         self.interval = interval
-        self._last = 0.0
+        # None, not 0.0: the first occurrence is always logged, whatever the age of the
+        # monotonic clock (a fresh VM or container starts it near zero).
+        self._last: float | None = None
         self._held = 0
 
     def warn(self, msg: str, *args: object) -> None:
@@ -26,7 +29,7 @@ class RateLimitedLog:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         now = time.monotonic()
-        if now - self._last < self.interval:
+        if self._last is not None and now - self._last < self.interval:
             self._held += 1
             return
         if self._held:
@@ -48,12 +51,46 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).replace("\r", "").replace("\n", " | ")
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr, one line an entry. Called once by the CLI."""
-    # Under systemd, journald stamps each line itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers: time, level, logger, message (and the
+    traceback as one string when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("plain", "json")
+
+
+def setup_logging(level: str, fmt: str = "plain") -> None:
+    """Log to stderr, one line an entry (`plain`) or one JSON object a line (`json`).
+    Called once by the CLI.
+
+    Raises:
+        ValueError: an unknown level or format, naming the choices.
+    """
+    if level.upper() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; choose one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(fmt))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        # Under systemd, journald stamps each line itself.
+        text = "%(levelname)s %(name)s: %(message)s"
+        if not os.environ.get("JOURNAL_STREAM"):
+            text = "%(asctime)s " + text
+        formatter = OneLineFormatter(text)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

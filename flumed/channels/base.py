@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.lifecycle import Component
-from flumed.metrics import ChannelCounter
 
 
 class TxState(enum.Enum):

@@ -44,9 +44,9 @@ import aiosqlite
 from flumed.channels.base import Channel, Transaction
 from flumed.channels.memory import MemoryChannel, _Waiters
 from flumed.config.keys import ignored, key, prefix
+from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.metrics import ChannelCounter
 
 log = logging.getLogger("flumed.channels.file")
 

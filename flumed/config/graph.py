@@ -109,7 +109,7 @@ def _component(
         problems.append(f"{cwhere}: missing required key 'type'")
         return None, flat
     try:
-        cls = registry.resolve(kind, t)
+        cls = registry.resolve(kind, t, _base(kind))
     except registry.UnknownTypeError as e:
         problems.append(f"{cwhere}: key 'type': {e}")
         return None, flat
@@ -124,6 +124,25 @@ def _component(
         problems.extend(e.problems)
         return None, flat
     return ComponentSpec(name, t, cls, config, _freeze(flat)), flat
+
+
+def _base(kind: str) -> type:
+    """The class every component of `kind` must derive from (imported here: runtime classes
+    are only needed once a type is resolved)."""
+    from flumed.channels.base import Channel
+    from flumed.interceptors.base import Interceptor
+    from flumed.sinks.base import Sink
+    from flumed.sinks.runner import SinkProcessor
+    from flumed.sources.base import Source
+
+    bases: dict[str, type] = {
+        "sources": Source,
+        "channels": Channel,
+        "sinks": Sink,
+        "interceptors": Interceptor,
+        "sinkprocessors": SinkProcessor,
+    }
+    return bases[kind]
 
 
 def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
@@ -173,6 +192,11 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
             if c not in declared_channels:
                 problems.append(f"{swhere}: key 'channels': no channel named {c!r}")
         sel_flat = {k[9:]: v for k, v in flat.items() if k.startswith("selector.")}
+        if isinstance(sel_flat.get("type"), str):
+            # Flume's class names (ReplicatingChannelSelector ...) name the same selectors.
+            short = registry.canonical("selectors", sel_flat["type"])
+            if short is not None:
+                sel_flat["type"] = short
         selector = SelectorConfig()
         try:
             selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
@@ -193,7 +217,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 problems.append(f"{iwhere}: missing required key 'type'")
                 continue
             try:
-                icls = registry.resolve("interceptors", itype)
+                icls = registry.resolve("interceptors", itype, _base("interceptors"))
                 iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
                 icpts.append(InterceptorSpec(iname, icls, iconf))
             except registry.UnknownTypeError as e:
@@ -247,8 +271,12 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
             if k != "sinks" and not k.startswith("processor."):
                 problems.append(f"{gwhere}: unknown key '{k}'")
         ptype = str(pflat.get("type", "default"))
+        short = registry.canonical("sinkprocessors", ptype)
+        if short is not None and "type" in pflat:
+            # Flume's class names (FailoverSinkProcessor ...) name the same processors.
+            pflat["type"] = ptype = short
         try:
-            pcls = registry.resolve("sinkprocessors", ptype)
+            pcls = registry.resolve("sinkprocessors", ptype, _base("sinkprocessors"))
         except registry.UnknownTypeError as e:
             problems.append(f"{gwhere}: key 'processor.type': {e}")
             continue

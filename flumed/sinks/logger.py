@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 
 from flumed.config.keys import key
-from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.event import Event
+from flumed.sinks.base import BatchSink
 
 log = logging.getLogger("flumed.sinks.logger")
 
@@ -14,7 +15,7 @@ log = logging.getLogger("flumed.sinks.logger")
 @dataclass(frozen=True, slots=True)
 class LoggerSinkConfig:
     maxBytesToLog: int = key(16, ge=0, doc="Body bytes shown per event.")
-    batchSize: int = key(100, ge=1)
+    batchSize: int = key(100, ge=1, doc="Events taken per transaction.")
 
 
 def _hex_dump(body: bytes) -> str:
@@ -23,7 +24,7 @@ def _hex_dump(body: bytes) -> str:
     return f"{body.hex(' ')} {text}"
 
 
-class LoggerSink(Sink):
+class LoggerSink(BatchSink):
     """Logs `Event: { headers:{...} body: <hex> <text> }`, one line per event.
 
     One log line per event is the purpose of this sink; it is for debugging, not volume.
@@ -33,16 +34,7 @@ class LoggerSink(Sink):
     description = "Logs events at INFO."
     config: LoggerSinkConfig
 
-    async def process(self) -> Status:
-        n = self.config.batchSize
-        async with self.channel.transaction() as tx:
-            events = await tx.take_batch(n, TAKE_TIMEOUT)
-            self.counter.batch(len(events), n)
-            if not events:
-                return Status.BACKOFF
-            self.counter.EventDrainAttemptCount += len(events)
-            limit = self.config.maxBytesToLog
-            for e in events:
-                log.info("Event: { headers:%s body: %s }", e.headers, _hex_dump(e.body[:limit]))
-        self.counter.EventDrainSuccessCount += len(events)
-        return Status.READY
+    async def deliver(self, events: list[Event]) -> None:
+        limit = self.config.maxBytesToLog
+        for e in events:
+            log.info("Event: { headers:%s body: %s }", e.headers, _hex_dump(e.body[:limit]))

@@ -5,26 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flumed.config.keys import key
-from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.event import Event
+from flumed.sinks.base import BatchSink
 
 
 @dataclass(frozen=True, slots=True)
 class NullSinkConfig:
-    batchSize: int = key(100, ge=1)
+    batchSize: int = key(100, ge=1, doc="Events taken per transaction.")
 
 
-class NullSink(Sink):
+class NullSink(BatchSink):
     Config = NullSinkConfig
     description = "Discards every event."
     config: NullSinkConfig
 
-    async def process(self) -> Status:
-        n = self.config.batchSize
-        async with self.channel.transaction() as tx:
-            events = await tx.take_batch(n, TAKE_TIMEOUT)
-        self.counter.batch(len(events), n)
-        if not events:
-            return Status.BACKOFF
-        self.counter.EventDrainAttemptCount += len(events)
-        self.counter.EventDrainSuccessCount += len(events)
-        return Status.READY
+    async def deliver(self, events: list[Event]) -> None:
+        """Nothing to do: the take commits and the events are gone."""

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from flumed.counters import SourceCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.lifecycle import Component, LifecycleState
-from flumed.metrics import SourceCounter
+from flumed.lifecycle import Component, LifecycleState, Status
 from flumed.routing.processor import ChannelProcessor
 
 log = logging.getLogger("flumed.sources")
-
-
-class Status(enum.Enum):
-    """What a `process()` call reports, as Flume's PollableSource/Sink.Status."""
-
-    READY = "READY"
-    BACKOFF = "BACKOFF"
 
 
 class Source(Component):

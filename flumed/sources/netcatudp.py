@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from flumed.config.keys import key
+from flumed.counters import SourceCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.metrics import SourceCounter
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.netcatudp")

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.config.keys import key, prefix
+from flumed.counters import SourceCounter
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
-from flumed.metrics import SourceCounter
 from flumed.sources.base import Source
 from flumed.sources.syslog_parser import SyslogParser
 from flumed.sources.syslogtcp import resolve_name

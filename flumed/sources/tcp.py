@@ -16,10 +16,10 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, cast
 
+from flumed.counters import SourceCounter
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
-from flumed.metrics import SourceCounter
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources")
