@@ -46,7 +46,18 @@ def why_not() -> str | None:
     r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if r.returncode != 0:
         return f"`ip netns add` failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    try:
+        # What the fleet needs beyond a namespace: a bridge, a veth pair, `ip netns exec`
+        # (it mounts /sys, which some containers refuse) and setns(2) from a thread.
+        ip("-n", probe, "link", "add", "br-probe", "type", "bridge")
+        ip("-n", probe, "link", "add", "v-probe", "type", "veth", "peer", "name", "w-probe")
+        ip("-n", probe, "link", "set", "v-probe", "master", "br-probe")
+        run_in(probe, "true")
+        in_netns(probe, lambda: None, timeout=30)
+    except (RuntimeError, OSError) as e:
+        return f"network namespaces are not usable here: {e}"
+    finally:
+        delete(probe)
     return None
 
 

@@ -134,7 +134,9 @@ def test_lossy_slow_link_of_an_edge(fleet_factory: FleetFactory, report: Report)
             pytest.skip(f"iptables cannot drop packets here: {r.stderr.strip()}")
     # The rate cut: 256 kbit/s out of the edge (its steady stream needs ~20 kbit/s).
     tbf = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "256kbit"]
-    subprocess.run([*ex, *tbf, "burst", "8kb", "latency", "400ms"], check=True)
+    r = subprocess.run([*ex, *tbf, "burst", "8kb", "latency", "400ms"], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"tc cannot shape the link here: {r.stderr.decode().strip()}")
     fleet.flowing()
     # A backlog for the bad link to carry: ~30,000 lines, ~1 MB of Avro.
     fleet.feeders.burst(e, 30_000)
