@@ -471,10 +471,12 @@ class Fleet:
         self.ops = NetnsLoop(self.net.hosts["ops"].ns).start()
         self.ops.call(create_topics(self.bootstrap, {TOPIC: 3}))
         self.checker = Checker(self.ops, self.bootstrap).start()
-        for role in self.collectors + self.edges:
-            self._agent(role).start(wait=False)
-        for role in self.collectors + self.edges:
-            self.agents[role].wait_notify("READY=1", WAIT)
+        # Collectors first, so that the edges find them at once (no start-up backoff).
+        for tier in (self.collectors, self.edges):
+            for role in tier:
+                self._agent(role).start(wait=False)
+            for role in tier:
+                self.agents[role].wait_notify("READY=1", WAIT)
         self.feeders = Feeders(self).start()
         return self
 
