@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fleet import netns
-from tests.fleet.netns import NetnsLoop, in_netns, ip, run_in
+from tests.fleet.netns import NetnsLoop, in_netns, ip
 from tests.integration.avro_helpers import make_pki
 from tests.integration.kafka_broker import TansuBroker, create_topics
 from tests.util import AgentProcess, free_port, wait_until_sync
@@ -595,6 +595,3 @@ def have_tools(*names: str) -> str | None:
 def python() -> str:
     """The interpreter the agents run with (the venv's)."""
     return sys.executable
-
-
-__all__ = ["Fleet", "check", "have_tools", "python", "run_in"]
