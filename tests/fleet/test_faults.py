@@ -223,7 +223,10 @@ def test_edge_killed_mid_file(fleet_factory: FleetFactory, report: Report) -> No
     held = fleet.counter(e, "CHANNEL.durable", "ChannelSize")
     fleet.agents[e].kill()
     assert held > 0, "e1 had delivered everything before it was killed"
-    report(f"{e} was killed with {held} events in its file channel")
+    # Where the restarted taildir goes on: the line at the position it last wrote.
+    saved = json.loads(position.read_text())[0]["pos"]
+    resume = fleet.edge_log(e).read_bytes()[:saved].count(b"\n")
+    report(f"{e} was killed with {held} events in its file channel, at line {resume}")
     fleet.restart(e)  # the file grew meanwhile: taildir goes on from its position
     fleet.feeders.resume_syslog(e)
     end = fleet.feeders.snapshot()
@@ -231,6 +234,15 @@ def test_edge_killed_mid_file(fleet_factory: FleetFactory, report: Report) -> No
     # Cut: taildir -> channel (lines read after the last position write, here a few)
     # and e1 -> collector (the batch in flight).
     _finish(report, fleet, drain, bound(1, 2))
+    assert fleet.checker is not None
+    with fleet.checker.lock:
+        seen = fleet.checker.counts[(e, "f")]
+        before = sum(k - 1 for n, k in seen.items() if n < resume)
+        after = sum(k - 1 for n, k in seen.items() if n >= resume)
+    report(f"duplicates of {e}'s lines before line {resume}: {before}; from it on: {after}")
+    # taildir never reads before its saved position again: duplicates there can only be
+    # the avro sink's batch in flight.
+    assert before <= BATCH, f"{before} duplicates before taildir's saved position"
 
 
 def test_send_and_http_reach_collectors_across_hosts(
