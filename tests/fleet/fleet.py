@@ -191,6 +191,17 @@ class Checker:
         with self.lock:
             return all(self.prefix[k] >= n for k, n in sent.items())
 
+    def missing(self, sent: dict[Key, int]) -> dict[Key, str]:
+        """Per stream short of `sent`: how many are missing, and the first few."""
+        with self.lock:
+            out = {}
+            for k, n in sent.items():
+                c = self.counts[k]
+                gone = [x for x in range(self.prefix[k], n) if x not in c]
+                if gone:
+                    out[k] = f"{len(gone)} of {n}, e.g. {gone[:5]}"
+            return out
+
     def seen(self, k: Key) -> int:
         self._alive()
         with self.lock:
@@ -547,7 +558,10 @@ class Fleet:
         """Wait until everything in `sent` is in Kafka; the seconds it took."""
         assert self.checker is not None
         t0 = time.monotonic()
-        wait_until_sync(lambda: self.checker.has(sent), WAIT, f"Kafka to hold {sent}")
+        try:
+            wait_until_sync(lambda: self.checker.has(sent), WAIT, "Kafka to hold every event")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; missing: {self.checker.missing(sent)}") from None
         return time.monotonic() - t0
 
     def finish(self, extra: dict[Key, int] | None = None) -> Verdict:
