@@ -12,6 +12,8 @@ The keys, shared by the sources that offer TLS (`syslogtcp`, `multiport_syslogtc
   password, or the PEM key's passphrase.
 - `exclude-protocols` (`SSLv3`) / `include-protocols`: space-separated protocol names
   (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`); they set the lowest and highest version.
+- `exclude-cipher-suites` / `include-cipher-suites`: space-separated Java suite names,
+  honoured through OpenSSL's names (flumed.tls_ciphers).
 
 Sinks' truststores (`truststore`) are PEM CA files or Java truststores
 (`truststore-password`).
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 from flumed import keystores
 from flumed.errors import ComponentStartError
+from flumed.tls_ciphers import apply_ciphers, cipher_problems
 
 _ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 _VERSIONS = {
@@ -68,6 +71,7 @@ def check_tls(
     keystore: str | None,
     include: Sequence[str],
     exclude: Sequence[str],
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> list[str]:
     """Config check of a TLS server's keys, named as the other TLS sources name them.
 
@@ -76,7 +80,7 @@ def check_tls(
     problems = []
     if enabled and not (certificate or keystore):
         problems.append("ssl = true needs key 'keystore' (Java keystore) or 'certificate' (PEM)")
-    return problems + protocol_problems(include, exclude)
+    return problems + protocol_problems(include, exclude) + cipher_problems(*ciphers)
 
 
 def _limit_versions(ctx: ssl.SSLContext, include: Sequence[str], exclude: Sequence[str]) -> None:
@@ -100,6 +104,7 @@ def server_context(
     password: str | None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
     """A server-side context from PEM files (call from `start()`: it reads them).
 
@@ -113,6 +118,7 @@ def server_context(
     else:
         ctx.load_cert_chain(certfile, keyfile, password)
     _limit_versions(ctx, include, exclude)
+    apply_ciphers(ctx, *ciphers)
     return ctx
 
 
@@ -123,6 +129,7 @@ def client_context(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     truststore_password: str | None = None,
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
     """A client-side context: the CAs of `cafile` (PEM, or a JKS/JCEKS/PKCS12 truststore
     opened with `truststore_password`; else the system's CAs), or no checks at all with
@@ -138,6 +145,7 @@ def client_context(
     elif not verify_hostname:
         ctx.check_hostname = False
     _limit_versions(ctx, include, exclude)
+    apply_ciphers(ctx, *ciphers)
     return ctx
 
 
@@ -148,14 +156,16 @@ def start_server_context(
     password: str | None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
-    """`server_context` for a component's `start()`.
+    """`server_context` for a component's `start()`; `ciphers` are Flume's
+    (include-cipher-suites, exclude-cipher-suites), Java names (flumed.tls_ciphers).
 
     Raises:
         ComponentStartError: naming `who` and the files that could not be loaded.
     """
     try:
-        return server_context(certificate, key, password, include, exclude)
+        return server_context(certificate, key, password, include, exclude, ciphers)
     except (OSError, ssl.SSLError, ValueError, keystores.KeystoreError) as e:
         raise ComponentStartError(
             f"{who}: cannot load TLS certificate {certificate!r} (key {key or certificate!r}): {e}"
@@ -170,6 +180,7 @@ def start_client_context(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     truststore_password: str | None = None,
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
     """`client_context` for a component's `start()`.
 
@@ -178,7 +189,7 @@ def start_client_context(
     """
     try:
         return client_context(
-            cafile, trust_all, verify_hostname, include, exclude, truststore_password
+            cafile, trust_all, verify_hostname, include, exclude, truststore_password, ciphers
         )
     except (OSError, ssl.SSLError, ValueError, keystores.KeystoreError) as e:
         raise ComponentStartError(f"{who}: cannot load truststore {cafile!r}: {e}") from e

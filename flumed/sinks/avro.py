@@ -27,6 +27,7 @@ from flumed.rpc.avro_protocol import DEFAULT_MAX_PACK
 from flumed.rpc.avro_protocol import Status as RpcStatus
 from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
 from flumed.tls import STORE_TYPES, protocol_problems, start_client_context
+from flumed.tls_ciphers import cipher_problems
 
 log = logging.getLogger("flumed.sinks.avro")
 
@@ -50,13 +51,15 @@ class AvroSinkConfig:
     truststore_password: str | None = key(None, name="truststore-password")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
+    include_cipher_suites: list[str] = key([], name="include-cipher-suites")
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
     ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
     max_frame_bytes: int = key(DEFAULT_MAX_PACK, name="max-frame-bytes", ge=1024)
     compression_layer: Literal["outside-ssl", "inside-ssl"] = key(
         "outside-ssl", name="compression-layer"
     )
 
-    IGNORED = ignored("maxIoWorkers", "exclude-cipher-suites", "include-cipher-suites")
+    IGNORED = ignored("maxIoWorkers")
 
     def check(self) -> list[str]:
         problems = []
@@ -66,6 +69,7 @@ class AvroSinkConfig:
                 + ", ".join(STORE_TYPES)
             )
         problems += protocol_problems(self.include_protocols, self.exclude_protocols)
+        problems += cipher_problems(self.include_cipher_suites, self.exclude_cipher_suites)
         return problems
 
 
@@ -91,6 +95,7 @@ class AvroSink(Sink):
                 cfg.include_protocols,
                 cfg.exclude_protocols,
                 cfg.truststore_password,
+                (cfg.include_cipher_suites, cfg.exclude_cipher_suites),
             )
         self.client = AvroRpcClient(
             cfg.hostname,

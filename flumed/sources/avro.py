@@ -73,6 +73,8 @@ class AvroSourceConfig:
     keystore: str | None = key(None, doc="JKS/JCEKS/PKCS12 keystore, with ssl (or certificate).")
     include_protocols: list[str] = key([], name="include-protocols")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
+    include_cipher_suites: list[str] = key([], name="include-cipher-suites")
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
     ipFilter: bool = key(False)
     ipFilterRules: str | None = key(None)
     max_frame_bytes: int = key(DEFAULT_MAX_PACK, name="max-frame-bytes", ge=1024)
@@ -85,8 +87,6 @@ class AvroSourceConfig:
     IGNORED = ignored(
         "threads",
         "keystore-type",
-        "exclude-cipher-suites",
-        "include-cipher-suites",
     )
 
     def check(self) -> list[str]:
@@ -96,6 +96,7 @@ class AvroSourceConfig:
             self.keystore,
             self.include_protocols,
             self.exclude_protocols,
+            (self.include_cipher_suites, self.exclude_cipher_suites),
         )
         if self.ipFilter:
             if not self.ipFilterRules:
@@ -229,6 +230,7 @@ class AvroSource(Source):
                 cfg.key_password,
                 cfg.include_protocols,
                 cfg.exclude_protocols,
+                (cfg.include_cipher_suites, cfg.exclude_cipher_suites),
             )
         loop = asyncio.get_running_loop()
         self._stopping.clear()

@@ -259,13 +259,11 @@ class HTTPSourceConfig:
         ["SSLv3"], name="exclude-protocols", aliases=("excludeProtocols",)
     )
     include_protocols: list[str] = key([], name="include-protocols")
+    include_cipher_suites: list[str] = key([], name="include-cipher-suites")
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
 
     IGNORED = {
-        **ignored(
-            "keystore-type",
-            "exclude-cipher-suites",
-            "include-cipher-suites",
-        ),
+        **ignored("keystore-type"),
         **dict.fromkeys(
             (
                 "QueuedThreadPool.*",
@@ -292,7 +290,7 @@ class HTTPSourceConfig:
     def check(self) -> list[str]:
         problems = check_tls(
             self.ssl, self.certificate, self.keystore, self.include_protocols,
-            self.exclude_protocols,
+            self.exclude_protocols, (self.include_cipher_suites, self.exclude_cipher_suites),
         )  # fmt: skip
         name = self.handler_name
         cls = builtin_handler(name)
@@ -379,6 +377,7 @@ class HTTPSource(Source):
             cfg.key_password,
             cfg.include_protocols,
             cfg.exclude_protocols,
+            (cfg.include_cipher_suites, cfg.exclude_cipher_suites),
         )
 
     async def start(self) -> None:

@@ -49,6 +49,8 @@ class MultiportSyslogTcpConfig:
     keystore: str | None = key(None)
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     include_protocols: list[str] = key([], name="include-protocols")
+    include_cipher_suites: list[str] = key([], name="include-cipher-suites")
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
     format: dict[str, Any] = prefix("format")
 
     IGNORED = {**TLS_IGNORED, **ignored("readBufferBytes", "readBufferSize", "numProcessors")}

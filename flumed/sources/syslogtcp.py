@@ -34,7 +34,7 @@ from flumed.tls import check_tls, start_server_context
 
 log = logging.getLogger("flumed.sources.syslog")
 
-TLS_IGNORED = ignored("keystore-type", "exclude-cipher-suites", "include-cipher-suites")
+TLS_IGNORED = ignored("keystore-type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,8 @@ class SyslogTcpConfig:
     keystore: str | None = key(None, doc="JKS/JCEKS/PKCS12 keystore, with ssl (or certificate).")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     include_protocols: list[str] = key([], name="include-protocols")
+    include_cipher_suites: list[str] = key([], name="include-cipher-suites")
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
     format: dict[str, Any] = prefix("format", doc="Refused: Flume's custom formats.")
 
     IGNORED = TLS_IGNORED
@@ -64,7 +66,12 @@ class SyslogTcpConfig:
 
 def check_tcp_keys(cfg: Any) -> list[str]:
     problems = check_tls(
-        cfg.ssl, cfg.certificate, cfg.keystore, cfg.include_protocols, cfg.exclude_protocols
+        cfg.ssl,
+        cfg.certificate,
+        cfg.keystore,
+        cfg.include_protocols,
+        cfg.exclude_protocols,
+        (cfg.include_cipher_suites, cfg.exclude_cipher_suites),
     )
     if cfg.format:
         problems.append(
@@ -115,6 +122,7 @@ class SyslogTcpSource(Source):
             cfg.key_password,
             cfg.include_protocols,
             cfg.exclude_protocols,
+            (cfg.include_cipher_suites, cfg.exclude_cipher_suites),
         )
 
     async def start(self) -> None:

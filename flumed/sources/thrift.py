@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from flumed.config.keys import ignored, key
-from flumed.errors import ChannelError, ComponentStartError
+from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.rpc.thrift_protocol import (
     APPEND_BATCH,
@@ -46,7 +46,7 @@ from flumed.rpc.thrift_protocol import (
 )
 from flumed.sources.base import Source
 from flumed.tls import STORE_TYPES, protocol_problems, start_server_context
-from flumed.tls_ciphers import apply_ciphers, cipher_problems
+from flumed.tls_ciphers import cipher_problems
 
 log = logging.getLogger("flumed.sources.thrift")
 
@@ -350,11 +350,8 @@ class ThriftSource(Source):
                 cfg.keystore_password,
                 cfg.include_protocols,
                 cfg.exclude_protocols,
+                (cfg.include_cipher_suites, cfg.exclude_cipher_suites),
             )
-            try:
-                apply_ciphers(self._ssl, cfg.include_cipher_suites, cfg.exclude_cipher_suites)
-            except ssl.SSLError as e:
-                raise ComponentStartError(f"source {self.name}: {e}") from e
         loop = asyncio.get_running_loop()
         self._stopping.clear()
         self._server = await loop.create_server(

@@ -100,3 +100,36 @@ async def test_exclude_refuses_the_only_suite_a_client_offers():
     apply_ciphers(server, [], ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"])
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await _negotiated(server, client)
+
+
+@pytest.mark.parametrize("typ", ["avro", "http", "syslogtcp", "multiport_syslogtcp", "thrift"])
+def test_every_tls_source_takes_the_keys_alike(typ):
+    from flumed import registry
+    from flumed.sources.base import Source
+
+    cls = registry.resolve("sources", typ, Source)
+    base = {"port": "1", "ports": "1", "bind": "127.0.0.1"}
+    keys = {k: v for k, v in base.items() if k in {f.metadata.get("name") or f.name
+            for f in __import__("dataclasses").fields(cls.Config)}}  # fmt: skip
+    c = parse(cls.Config, {**keys, "include-cipher-suites": "TLS_RSA_WITH_AES_128_GCM_SHA256"}, "r")
+    assert c.include_cipher_suites == ["TLS_RSA_WITH_AES_128_GCM_SHA256"]
+    with pytest.raises(ConfigError, match="unknown or unavailable cipher suite 'TLS_X'"):
+        parse(cls.Config, {**keys, "exclude-cipher-suites": "TLS_X"}, "r")
+
+
+async def test_server_context_applies_the_keys(tmp_path):
+    from flumed import tls
+
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(chain))
+    cert.private_key_pem.write_to_path(str(key))
+    server = tls.start_server_context(
+        "source r1", str(chain), str(key), None,
+        ciphers=(["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"], []),
+    )  # fmt: skip
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert await _negotiated(server, client) == "ECDHE-RSA-AES256-GCM-SHA384"
