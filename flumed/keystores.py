@@ -54,12 +54,9 @@ class KeyMaterial:
 def store_type(path: str | os.PathLike[str]) -> str | None:
     """ "JKS", "JCEKS", "PKCS12" for a Java keystore, None for a PEM (text) file.
 
-    Raises KeystoreError when the file cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        raise KeystoreError(f"{os.fspath(path)!r}: cannot read: {e.strerror or e}") from None
+    Raises OSError when the file cannot be read (as ssl's own loaders do)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
     if head == _JKS_MAGIC:
         return "JKS"
     if head == _JCEKS_MAGIC:
@@ -70,8 +67,15 @@ def store_type(path: str | os.PathLike[str]) -> str | None:
 
 
 def is_java_keystore(path: str | os.PathLike[str]) -> bool:
-    """True for a JKS/JCEKS/PKCS12 file; False for PEM text. Raises KeystoreError."""
+    """True for a JKS/JCEKS/PKCS12 file; False for PEM text. Raises OSError."""
     return store_type(path) is not None
+
+
+def _kind(path: str) -> str | None:
+    try:
+        return store_type(path)
+    except OSError as e:
+        raise KeystoreError(f"{path!r}: cannot read: {e.strerror or e}") from None
 
 
 def _pw(password: str | None) -> str:
@@ -109,7 +113,7 @@ def read_keystore(
     `key_password` defaults to `password` (keytool's default). Raises KeystoreError.
     """
     p = os.fspath(path)
-    kind = store_type(p)
+    kind = _kind(p)
     once = secrets.token_hex(24).encode()
     if kind == "PKCS12":
         try:
@@ -144,7 +148,7 @@ def read_keystore(
 def read_truststore(path: str | os.PathLike[str], password: str | None) -> str:
     """Every certificate of a JKS/JCEKS/PKCS12 store, as PEM text. Raises KeystoreError."""
     p = os.fspath(path)
-    kind = store_type(p)
+    kind = _kind(p)
     pems: list[bytes] = []
     if kind == "PKCS12":
         try:
@@ -188,7 +192,7 @@ def read_secret_keys_with(
     entry of `key_passwords`, else the store password (Flume's JCEKSFileKeyProvider).
     Aliases compare case-insensitively, as Java's. Raises KeystoreError."""
     p = os.fspath(path)
-    kind = store_type(p)
+    kind = _kind(p)
     if kind != "JCEKS":
         raise KeystoreError(f"{p!r}: expected a JCEKS keystore, found {kind or 'a text file'}")
     ks = _load_jks(p, password)
