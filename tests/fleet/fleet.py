@@ -615,12 +615,12 @@ class Fleet:
         return v
 
 
-def check(v: Verdict, dup_bound: int, sources: Iterable[str]) -> None:
-    """0 lost, nothing unexpected, at most `dup_bound` duplicates per source."""
+def check(v: Verdict, dup_bounds: dict[str, int]) -> None:
+    """0 lost, nothing unexpected, at most `dup_bounds[edge]` duplicates per edge."""
     assert not v.lost, f"events lost: {v.lost}"
     assert not v.unexpected, f"events never sent: {v.unexpected}"
-    over = {s: v.dups.get(s, 0) for s in sources if v.dups.get(s, 0) > dup_bound}
-    assert not over, f"duplicates over the bound of {dup_bound} per edge: {over}"
+    over = {e: v.dups.get(e, 0) for e, b in dup_bounds.items() if v.dups.get(e, 0) > b}
+    assert not over, f"duplicates over the bounds {dup_bounds}: {over}"
 
 
 def have_tools(*names: str) -> str | None:
