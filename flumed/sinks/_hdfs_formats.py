@@ -1,0 +1,332 @@
+"""File formats of the hdfs sink: Hadoop codecs, DataStream, CompressedStream, SequenceFile.
+
+Written from Hadoop's documentation of the formats (SequenceFile's javadoc, the codec
+streams), not from its code. Every format turns one batch into bytes that end on a
+boundary a reader can stop at, so that the events a take committed are readable before
+the file is closed and a retried batch never leaves half a record behind:
+
+- DataStream: the serializer's bytes.
+- CompressedStream: each batch is one complete codec stream appended to the file (a
+  gzip member, a bzip2 stream ...), as Flume's HDFSCompressedDataStream finishes the
+  codec stream at every flush; `zcat`/`bzcat` read the concatenation.
+- SequenceFile (version 6): key LongWritable (the `timestamp` header, else the time of
+  the batch), value BytesWritable (writeFormat Writable) or Text (writeFormat Text).
+  NONE and RECORD compression: a sync marker starts each batch, then the records.
+  BLOCK compression: each batch is one block (sync marker, record count, and the
+  compressed key lengths, keys, value lengths and values).
+
+Codecs (`hdfs.codeC`, named as Flume's getCodec: the codec's simple class name with or
+without `Codec`, or its full class name): gzip, bzip2, default/deflate (zlib) from the
+standard library; snappy, lz4 and zstd through the `cramjam` package when it is
+installed. Snappy and LZ4 use Hadoop's block stream framing (BlockCompressorStream:
+raw length, then compressed-chunk length and bytes). LZO is refused: its codec is GPL
+and not part of Hadoop.
+"""
+
+from __future__ import annotations
+
+import bz2
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from flumed.event import Event
+from flumed.serializers.base import EventSerializer
+
+_PKG = "org.apache.hadoop.io.compress."
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """A Hadoop codec: its class name, default file extension and whole-stream compressor."""
+
+    name: str
+    hadoop_class: str
+    extension: str
+    compress: Callable[[bytes], bytes]
+
+
+def _gzip(data: bytes) -> bytes:
+    # A gzip member (zlib's wbits 31) at zlib's default level, as Hadoop's GzipCodec.
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+def _bzip2(data: bytes) -> bytes:
+    return bz2.compress(data, 9)
+
+
+def _zlib(data: bytes) -> bytes:
+    return zlib.compress(data, 6)
+
+
+#: Hadoop's BlockCompressorStream: raw bytes per block, kept under the 256 KiB default
+#: buffer of Hadoop's Snappy/LZ4 decompressors.
+_BLOCK = 64 * 1024
+
+
+def _block_stream(raw_compress: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    def compress(data: bytes) -> bytes:
+        out: list[bytes] = []
+        for i in range(0, len(data), _BLOCK):
+            piece = data[i : i + _BLOCK]
+            c = raw_compress(piece)
+            out.append(struct.pack(">ii", len(piece), len(c)))
+            out.append(c)
+        return b"".join(out)
+
+    return compress
+
+
+def _cramjam_codecs() -> dict[str, Codec]:
+    try:
+        import cramjam  # optional dependency
+    except ImportError:
+        return {}
+    return {
+        "snappy": Codec(
+            "snappy",
+            _PKG + "SnappyCodec",
+            ".snappy",
+            _block_stream(lambda b: bytes(cramjam.snappy.compress_raw(b))),
+        ),
+        "lz4": Codec(
+            "lz4",
+            _PKG + "Lz4Codec",
+            ".lz4",
+            _block_stream(lambda b: bytes(cramjam.lz4.compress_block(b, store_size=False))),
+        ),
+        "zstandard": Codec(
+            "zstandard", _PKG + "ZStandardCodec", ".zst", lambda b: bytes(cramjam.zstd.compress(b))
+        ),
+    }
+
+
+CODECS: dict[str, Codec] = {
+    "gzip": Codec("gzip", _PKG + "GzipCodec", ".gz", _gzip),
+    "bzip2": Codec("bzip2", _PKG + "BZip2Codec", ".bz2", _bzip2),
+    "default": Codec("default", _PKG + "DefaultCodec", ".deflate", _zlib),
+    "deflate": Codec("deflate", _PKG + "DeflateCodec", ".deflate", _zlib),
+    **_cramjam_codecs(),
+}
+_NEEDS_CRAMJAM = ("snappy", "lz4", "zstandard")
+_ALIASES = {"zstd": "zstandard"}
+
+
+def codec_by_name(name: str) -> Codec:
+    """The codec for an `hdfs.codeC` value (as Flume's HDFSEventSink.getCodec matches it).
+
+    Raises:
+        ValueError: unknown, refused (lzo) or not installed; the message says which.
+    """
+    low = name.strip().lower()
+    if low.startswith(_PKG.lower()):
+        low = low[len(_PKG) :]
+    if low.endswith("codec"):
+        low = low[: -len("codec")]
+    low = _ALIASES.get(low, low)
+    if low in CODECS:
+        return CODECS[low]
+    if low in ("lzo", "lzop") or "lzo" in low:
+        raise ValueError(
+            f"codec {name!r} is not supported: LZO is not part of Hadoop (hadoop-lzo is GPL "
+            "and native); use gzip, bzip2, snappy, lz4 or zstd"
+        )
+    if low in _NEEDS_CRAMJAM:
+        raise ValueError(
+            f"codec {name!r} needs the Python package cramjam, which is not installed "
+            "(pip install cramjam)"
+        )
+    known = ", ".join(sorted({*CODECS, *_NEEDS_CRAMJAM}))
+    raise ValueError(f"unknown codec {name!r}; known: {known}")
+
+
+# -- Hadoop's Writable encodings --------------------------------------------------------
+def vint(i: int) -> bytes:
+    """Hadoop's WritableUtils.writeVLong: one byte for -112..127, else a length byte
+    and the big-endian magnitude."""
+    if -112 <= i <= 127:
+        return struct.pack(">b", i)
+    n = -112
+    if i < 0:
+        i ^= -1
+        n = -120
+    tmp = i
+    while tmp:
+        tmp >>= 8
+        n -= 1
+    size = -(n + 120) if n < -120 else -(n + 112)
+    return struct.pack(">b", n) + i.to_bytes(size, "big")
+
+
+def text(s: str | bytes) -> bytes:
+    """Hadoop's Text serialization: vint length, then UTF-8 bytes."""
+    b = s.encode() if isinstance(s, str) else s
+    return vint(len(b)) + b
+
+
+# -- formats -----------------------------------------------------------------------------
+class FileFormat:
+    """One open file's format. `begin()` once at creation, `batch()` per batch (complete
+    on its own), `end()` before the file is closed. A batch that failed to reach the
+    file may be formatted again: `batch()` keeps no state a retry would double."""
+
+    def begin(self) -> bytes:
+        return b""
+
+    def batch(self, events: list[Event], now_ms: int) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        return b""
+
+
+class DataStream(FileFormat):
+    def __init__(self, serializer: EventSerializer) -> None:
+        self.serializer = serializer
+
+    def begin(self) -> bytes:
+        return self.serializer.begin()
+
+    def batch(self, events: list[Event], now_ms: int) -> bytes:
+        return self.serializer.serialize(events)
+
+    def end(self) -> bytes:
+        return self.serializer.end()
+
+
+class CompressedStream(DataStream):
+    """Each piece of the file (header, batch, trailer) is one complete codec stream."""
+
+    def __init__(self, serializer: EventSerializer, codec: Codec) -> None:
+        super().__init__(serializer)
+        self.codec = codec
+
+    def _c(self, data: bytes) -> bytes:
+        return self.codec.compress(data) if data else b""
+
+    def begin(self) -> bytes:
+        return self._c(super().begin())
+
+    def batch(self, events: list[Event], now_ms: int) -> bytes:
+        return self._c(super().batch(events, now_ms))
+
+    def end(self) -> bytes:
+        return self._c(super().end())
+
+
+LONG_WRITABLE = "org.apache.hadoop.io.LongWritable"
+BYTES_WRITABLE = "org.apache.hadoop.io.BytesWritable"
+TEXT = "org.apache.hadoop.io.Text"
+SYNC_ESCAPE = struct.pack(">i", -1)
+_KEY_LEN = vint(8)
+_INT = struct.Struct(">i")
+_LONG = struct.Struct(">q")
+
+
+def _key(e: Event, now_ms: int) -> bytes:
+    ts = e.headers.get("timestamp")
+    if ts is not None:
+        try:
+            return _LONG.pack(int(ts))
+        except (ValueError, struct.error):
+            pass
+    return _LONG.pack(now_ms)
+
+
+class SequenceFile(FileFormat):
+    """Hadoop SequenceFile version 6 (see the module doc)."""
+
+    def __init__(
+        self,
+        write_format: Literal["Writable", "Text"],
+        codec: Codec | None,
+        compression: Literal["NONE", "RECORD", "BLOCK"],
+        sync: bytes | None = None,
+    ) -> None:
+        self.text_values = write_format == "Text"
+        self.codec = codec
+        self.compression = compression if codec is not None else "NONE"
+        # Hadoop derives its marker from an MD5 of a UID and the time; random is as good.
+        self.sync = sync or os.urandom(16)
+
+    def begin(self) -> bytes:
+        compressed = self.compression != "NONE"
+        parts = [
+            b"SEQ\x06",
+            text(LONG_WRITABLE),
+            text(TEXT if self.text_values else BYTES_WRITABLE),
+            b"\x01" if compressed else b"\x00",
+            b"\x01" if self.compression == "BLOCK" else b"\x00",
+        ]
+        if compressed:
+            assert self.codec is not None
+            parts.append(text(self.codec.hadoop_class))
+        parts.append(_INT.pack(0))  # no metadata
+        parts.append(self.sync)
+        return b"".join(parts)
+
+    def _value(self, body: bytes) -> bytes:
+        if self.text_values:
+            return vint(len(body)) + body
+        return _INT.pack(len(body)) + body
+
+    def batch(self, events: list[Event], now_ms: int) -> bytes:
+        if self.compression == "BLOCK":
+            return self._block(events, now_ms)
+        out = [SYNC_ESCAPE, self.sync]
+        pack = _INT.pack
+        compress = self.codec.compress if self.compression == "RECORD" else None  # type: ignore[union-attr]
+        value = self._value
+        for e in events:
+            v = value(e.body)
+            if compress is not None:
+                v = compress(v)
+            out.append(pack(8 + len(v)))
+            out.append(b"\x00\x00\x00\x08")
+            out.append(_key(e, now_ms))
+            out.append(v)
+        return b"".join(out)
+
+    def _block(self, events: list[Event], now_ms: int) -> bytes:
+        assert self.codec is not None
+        compress = self.codec.compress
+        values = [self._value(e.body) for e in events]
+        bufs = (
+            _KEY_LEN * len(events),
+            b"".join([_key(e, now_ms) for e in events]),
+            b"".join([vint(len(v)) for v in values]),
+            b"".join(values),
+        )
+        out = [SYNC_ESCAPE, self.sync, vint(len(events))]
+        for b in bufs:
+            c = compress(b)
+            out.append(vint(len(c)))
+            out.append(c)
+        return b"".join(out)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def make_format(
+    file_type: str,
+    serializer: EventSerializer | None,
+    codec: Codec | None,
+    write_format: Any,
+    compression: Any,
+) -> FileFormat:
+    """The format of one new file. Raises ValueError for a combination that cannot be."""
+    if file_type == "SequenceFile":
+        return SequenceFile(write_format, codec, compression)
+    assert serializer is not None
+    if file_type == "CompressedStream":
+        if codec is None:
+            raise ValueError("fileType CompressedStream needs hdfs.codeC")
+        return CompressedStream(serializer, codec)
+    return DataStream(serializer)
