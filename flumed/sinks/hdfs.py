@@ -334,6 +334,7 @@ class HDFSEventSink(BatchSink):
             self.buckets.clear()
             if finishes:
                 failed = await self.store.finish(finishes)
+                self.counter.ConnectionClosedCount += len(finishes) - len(failed)
                 for f, why in failed:
                     log.error(
                         "Sink %s: could not finish %s at stop (%s); it is finished at the next "
