@@ -459,6 +459,8 @@ class WebHdfsStore:
             await self._undo(created, written)
             raise StoreError(f"{e}; continuing in a new file", abandon=[e.file]) from e
         except (RemoteError, aiohttp.ClientError, TimeoutError, OSError) as e:
+            if current is not None and current.uncertain and not current.exists:
+                created.append(current)  # a CREATE without an answer: delete what landed
             await self._undo(created, written)
             fatal = isinstance(e, RemoteError) and e.exception in _FATAL
             where = current.tmp_path if current is not None else ""
@@ -520,9 +522,11 @@ class WebHdfsStore:
         for f in created:
             try:
                 await self._call("DELETE", f.tmp_path, "DELETE")
-                f.exists = False
             except (RemoteError, aiohttp.ClientError, TimeoutError, OSError):
                 f.uncertain = True
+            else:
+                f.uncertain = False
+            f.exists = False
         for f in written:
             f.uncertain = True  # settled (cut back) before its next batch
 

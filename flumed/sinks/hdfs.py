@@ -217,9 +217,10 @@ class HDFSSinkCounter(SinkCounter):
 class _Bucket:
     """One directory + name prefix: its file counter and its open file (if any)."""
 
-    __slots__ = ("counter", "dir", "file", "leaf")
+    __slots__ = ("counter", "dir", "file", "key", "leaf")
 
-    def __init__(self, directory: str, leaf: str, counter: int) -> None:
+    def __init__(self, key: str, directory: str, leaf: str, counter: int) -> None:
+        self.key = key
         self.dir = directory
         self.leaf = leaf
         self.counter = counter
@@ -385,7 +386,7 @@ class HDFSEventSink(BatchSink):
                 raise DeliveryError(
                     f"Sink {self.name}: {lookup!r} is outside {self.base}", retriable=False
                 )
-            b = self.buckets[lookup] = _Bucket(d, leaf or "_", 0)
+            b = self.buckets[lookup] = _Bucket(lookup, d, leaf or "_", 0)
         else:
             self.buckets.move_to_end(lookup)
         return b
@@ -426,6 +427,7 @@ class HDFSEventSink(BatchSink):
             # New state, applied only once the store holds the batch.
             counts: list[tuple[HdfsFile, int, int, int]] = []
             current: list[tuple[_Bucket, HdfsFile | None]] = []
+            owner: dict[int, _Bucket] = {}
             roll_count, roll_size = cfg.rollCount, cfg.rollSize
             for lk, evs in groups.items():
                 b = self._bucket(lk)
@@ -434,6 +436,8 @@ class HDFSEventSink(BatchSink):
                 while i < n:
                     if f is None:
                         f = self._new_file(b, now)
+                    owner[id(f)] = b
+                    if not f.exists:  # new, or its creation was not answered
                         head = f.fmt.begin()
                         cnt, nbytes = 0, 0
                     else:
@@ -469,6 +473,11 @@ class HDFSEventSink(BatchSink):
                 self.counter.EventWriteFail += 1
                 for bad in e.abandon:
                     self._abandon(bad)
+                for f, _ in writes:
+                    if not f.exists and f.uncertain:
+                        # Its CREATE may have landed and could not be undone: the next
+                        # batch goes to the same name, which is then deleted and made again.
+                        owner[id(f)].file = f
                 self._warn.warn("Sink %s: batch rolled back: %s", self.name, e)
                 raise DeliveryError(f"Sink {self.name}: {e}", retriable=e.retriable) from e
             for f, cnt, nbytes, size in counts:
@@ -482,11 +491,8 @@ class HDFSEventSink(BatchSink):
                     b.file = f
                     self._wake.set()  # a new file: its roll deadline may be the nearest
             for b in evicted:
-                self.buckets.pop(self._key(b), None)
+                self.buckets.pop(b.key, None)
             self._finished(finishes, failed, now)
-
-    def _key(self, b: _Bucket) -> str:
-        return b.dir.rstrip("/") + "/" + b.leaf
 
     def _evict_now(self, evicted: list[_Bucket]) -> Finishes:
         out: Finishes = []
@@ -585,7 +591,7 @@ class HDFSEventSink(BatchSink):
                     for b in due:
                         # Forget the bucket (its next file gets a newer counter anyway), so
                         # buckets of past hours do not pile up.
-                        self.buckets.pop(self._key(b), None)
+                        self.buckets.pop(b.key, None)
                     for r in retries:
                         self.retries.remove(r)
                     failed = await self.store.finish(finishes + [(r.file, r.tail) for r in retries])
