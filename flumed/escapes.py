@@ -244,7 +244,6 @@ class Template:
         self._slot = 1000 if seconds else 60_000
         if round:
             self._slot = max(self._slot, 1000)
-        self.static_only = not self.headers and not self.needs_time
         self.literal_prefix = text[: TAG.search(text).start()] if TAG.search(text) else text
 
     # -- rendering ---------------------------------------------------------------------
@@ -293,40 +292,52 @@ class Template:
         return self.render_many([headers], now_ms)[0]
 
     def render_many(self, headers: Sequence[Mapping[str, str]], now_ms: int) -> list[str]:
-        """One string per header map, in order.
+        """One string per header map, in order. Events that share their header values
+        (and time slot) share one rendering; per event this costs a few dict lookups.
 
         Raises:
             MissingTimestamp: a time escape and an event without a numeric `timestamp`
                 header (and no useLocalTimeStamp); the message says which and what to do.
         """
-        if self.static_only:
-            s = self._render((), None, "")
-            return [s] * len(headers)
         names = self.headers
-        needs_time = self.needs_time
-        local = self.use_local_timestamp
+        if not self.needs_time or self.use_local_timestamp:
+            # The time (if any) is the same for the whole batch: only headers vary.
+            raw = str(now_ms)
+            if not names:
+                return [self._render((), now_ms, raw)] * len(headers)
+            cache: dict[object, str] = {}
+            out: list[str] = []
+            if len(names) == 1:
+                name = names[0]
+                for h in headers:
+                    v = h.get(name)
+                    s = cache.get(v)
+                    if s is None:
+                        s = cache[v] = self._render((v,), now_ms, raw)
+                    out.append(s)
+                return out
+            for h in headers:
+                vs = tuple([h.get(n) for n in names])
+                s = cache.get(vs)
+                if s is None:
+                    s = cache[vs] = self._render(vs, now_ms, raw)
+                out.append(s)
+            return out
         slot = self._slot
-        raw = self.raw_time
-        cache: dict[tuple[object, ...], str] = {}
-        out: list[str] = []
-        now_raw = str(now_ms)
+        keep_raw = self.raw_time
+        tcache: dict[tuple[object, ...], str] = {}
+        out = []
         for h in headers:
-            ts: int | None = None
-            raw_ts = ""
-            if needs_time:
-                if local:
-                    ts, raw_ts = now_ms, now_raw
-                else:
-                    raw_ts = h.get("timestamp")  # type: ignore[assignment]
-                    try:
-                        ts = int(raw_ts)
-                    except (TypeError, ValueError):
-                        raise self._missing(raw_ts) from None
+            raw_ts = h.get("timestamp")
+            try:
+                ts = int(raw_ts)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise self._missing(raw_ts) from None
             values = tuple([h.get(n) for n in names])
-            k = (ts // slot if ts is not None else None, raw_ts if raw else None, values)
-            s = cache.get(k)
+            k = (ts // slot, raw_ts if keep_raw else None, values)
+            s = tcache.get(k)
             if s is None:
-                s = cache[k] = self._render(values, ts, raw_ts)
+                s = tcache[k] = self._render(values, ts, raw_ts)  # type: ignore[arg-type]
             out.append(s)
         return out
 

@@ -228,14 +228,27 @@ _INT = struct.Struct(">i")
 _LONG = struct.Struct(">q")
 
 
-def _key(e: Event, now_ms: int) -> bytes:
+#: A record's length, key length and LongWritable key; with a BytesWritable's length.
+_RECORD = struct.Struct(">iiq")
+_BYTES_RECORD = struct.Struct(">iiqi")
+_MAX_LONG = (1 << 63) - 1
+
+
+def _stamp(e: Event, now_ms: int) -> int:
+    """The record's key: the `timestamp` header, else (absent or not a long) the batch's time."""
     ts = e.headers.get("timestamp")
     if ts is not None:
         try:
-            return _LONG.pack(int(ts))
-        except (ValueError, struct.error):
-            pass
-    return _LONG.pack(now_ms)
+            v = int(ts)
+        except ValueError:
+            return now_ms
+        if -_MAX_LONG - 1 <= v <= _MAX_LONG:
+            return v
+    return now_ms
+
+
+def _key(e: Event, now_ms: int) -> bytes:
+    return _LONG.pack(_stamp(e, now_ms))
 
 
 class SequenceFile(FileFormat):
@@ -279,17 +292,32 @@ class SequenceFile(FileFormat):
         if self.compression == "BLOCK":
             return self._block(events, now_ms)
         out = [SYNC_ESCAPE, self.sync]
-        pack = _INT.pack
-        compress = self.codec.compress if self.compression == "RECORD" else None  # type: ignore[union-attr]
-        value = self._value
+        append = out.append
+        if self.compression == "RECORD":
+            assert self.codec is not None
+            compress = self.codec.compress
+            value = self._value
+            for e in events:
+                v = compress(value(e.body))
+                append(_RECORD.pack(8 + len(v), 8, _stamp(e, now_ms)))
+                append(v)
+            return b"".join(out)
+        if self.text_values:
+            for e in events:
+                b = e.body
+                v = vint(len(b))
+                append(_RECORD.pack(8 + len(v) + len(b), 8, _stamp(e, now_ms)))
+                append(v)
+                append(b)
+            return b"".join(out)
+        pack = _BYTES_RECORD.pack
         for e in events:
-            v = value(e.body)
-            if compress is not None:
-                v = compress(v)
-            out.append(pack(8 + len(v)))
-            out.append(b"\x00\x00\x00\x08")
-            out.append(_key(e, now_ms))
-            out.append(v)
+            b = e.body
+            n = len(b)
+            ts = e.headers.get("timestamp")
+            stamp = now_ms if ts is None else _stamp(e, now_ms)
+            append(pack(12 + n, 8, stamp, n))
+            append(b)
         return b"".join(out)
 
     def _block(self, events: list[Event], now_ms: int) -> bytes:

@@ -26,8 +26,10 @@ import os
 import posixpath
 import ssl
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -413,13 +415,17 @@ class HDFSEventSink(BatchSink):
             self.counter.EventEscapeFailCount += 1
             self._warn.warn("Sink %s: batch rolled back: %s.", self.name, e)
             raise DeliveryError(f"Sink {self.name}: {e}") from e
-        groups: dict[str, list[Event]] = {}
-        for lk, e in zip(lookups, events, strict=True):
-            g = groups.get(lk)
-            if g is None:
-                groups[lk] = [e]
-            else:
-                g.append(e)
+        first = lookups[0]
+        if lookups.count(first) == len(lookups):  # one bucket (the usual case): no grouping
+            groups = {first: events}
+        else:
+            groups = {}
+            for lk, e in zip(lookups, events, strict=True):
+                g = groups.get(lk)
+                if g is None:
+                    groups[lk] = [e]
+                else:
+                    g.append(e)
         async with self._lock:
             now = time.monotonic()
             writes: Writes = []
@@ -428,7 +434,6 @@ class HDFSEventSink(BatchSink):
             counts: list[tuple[HdfsFile, int, int, int]] = []
             current: list[tuple[_Bucket, HdfsFile | None]] = []
             owner: dict[int, _Bucket] = {}
-            roll_count, roll_size = cfg.rollCount, cfg.rollSize
             for lk, evs in groups.items():
                 b = self._bucket(lk)
                 f = b.file
@@ -443,18 +448,13 @@ class HDFSEventSink(BatchSink):
                     else:
                         head = b""
                         cnt, nbytes = f.events, f.body_bytes
-                    j = i
-                    while j < n and not (
-                        (roll_count and cnt >= roll_count) or (roll_size and nbytes >= roll_size)
-                    ):
-                        nbytes += len(evs[j].body)
-                        cnt += 1
-                        j += 1
-                    data = head + f.fmt.batch(evs[i:j], ts)
+                    j, nbytes, full = self._fill(evs, i, cnt, nbytes)
+                    cnt += j - i
+                    data = head + f.fmt.batch(evs[i:j] if i or j < n else evs, ts)
                     writes.append((f, data))
                     counts.append((f, cnt, nbytes, len(data)))
                     i = j
-                    if (roll_count and cnt >= roll_count) or (roll_size and nbytes >= roll_size):
+                    if full:
                         finishes.append((f, f.fmt.end()))
                         f = None
                 current.append((b, f))
@@ -493,6 +493,26 @@ class HDFSEventSink(BatchSink):
             for b in evicted:
                 self.buckets.pop(b.key, None)
             self._finished(finishes, failed, now)
+
+    def _fill(self, evs: list[Event], i: int, cnt: int, nbytes: int) -> tuple[int, int, bool]:
+        """How far from `i` the events go into a file holding `cnt` events and `nbytes`
+        bytes of bodies: (end index, bytes then, whether the file is then full). As Flume,
+        an event goes in while the file is below rollCount and below rollSize."""
+        cfg = self.config
+        n = len(evs)
+        roll_count, roll_size = cfg.rollCount, cfg.rollSize
+        if (roll_count and cnt >= roll_count) or (roll_size and nbytes >= roll_size):
+            return i, nbytes, True
+        j = n if not roll_count else min(n, i + roll_count - cnt)
+        if not roll_size:
+            return j, nbytes, bool(roll_count) and cnt + (j - i) >= roll_count
+        sizes = list(accumulate([len(e.body) for e in evs[i:j]]))
+        if not sizes or nbytes + sizes[-1] < roll_size:
+            total = nbytes + (sizes[-1] if sizes else 0)
+            return j, total, bool(roll_count) and cnt + (j - i) >= roll_count
+        # The first event that brings the file to rollSize is the last one in it.
+        k = bisect_left(sizes, roll_size - nbytes)
+        return i + k + 1, nbytes + sizes[k], True
 
     def _evict_now(self, evicted: list[_Bucket]) -> Finishes:
         out: Finishes = []
