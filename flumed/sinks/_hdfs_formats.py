@@ -32,7 +32,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from flumed.event import Event
 from flumed.serializers.base import EventSerializer
@@ -358,3 +358,159 @@ def make_format(
             raise ValueError("fileType CompressedStream needs hdfs.codeC")
         return CompressedStream(serializer, codec)
     return DataStream(serializer)
+
+
+# -- recovery: where the last whole batch of a file killed mid-write ends -----------------
+#: (file object opened for reading, its size) → the length up to the last whole batch.
+GoodLength = Callable[[BinaryIO, int], int]
+_CHUNK = 1 << 20
+
+
+def _tail_find(fo: BinaryIO, size: int, needle: bytes) -> int:
+    """The offset just past the last `needle` in the file, or 0."""
+    end = size
+    while end > 0:
+        start = max(0, end - _CHUNK - len(needle))
+        fo.seek(start)
+        i = fo.read(end - start).rfind(needle)
+        if i >= 0:
+            return start + i + len(needle)
+        end = start + len(needle) - 1 if start else 0
+    return 0
+
+
+def _lines(fo: BinaryIO, size: int) -> int:
+    return _tail_find(fo, size, b"\n")
+
+
+def _read_vint(fo: BinaryIO) -> int:
+    first = fo.read(1)
+    if not first:
+        raise EOFError
+    b = struct.unpack(">b", first)[0]
+    if b >= -112:
+        return int(b)
+    neg = b < -120
+    n = -(b + 120) if neg else -(b + 112)
+    raw = fo.read(n)
+    if len(raw) < n:
+        raise EOFError
+    v = int.from_bytes(raw, "big")
+    return v ^ -1 if neg else v
+
+
+def _sequence_file(fo: BinaryIO, size: int) -> int:
+    """Walk records (or blocks) from the header on; the end of the last whole one."""
+    fo.seek(0)
+    if fo.read(4) != b"SEQ\x06":
+        return size  # not ours: leave it
+    try:
+        for _ in range(2):
+            fo.seek(max(0, _read_vint(fo)), 1)
+        compressed, block = fo.read(1) == b"\x01", fo.read(1) == b"\x01"
+        if compressed:
+            fo.seek(_read_vint(fo), 1)
+        for _ in range(struct.unpack(">i", fo.read(4))[0] * 2):
+            fo.seek(_read_vint(fo), 1)
+        fo.seek(16, 1)
+        good = fo.tell()
+        while good < size:
+            if block:
+                fo.seek(20, 1)  # escape + sync
+                if _read_vint(fo) < 0:
+                    break
+                for _ in range(4):
+                    n = _read_vint(fo)
+                    if n < 0:
+                        raise EOFError
+                    fo.seek(n, 1)
+            else:
+                raw = fo.read(4)
+                if len(raw) < 4:
+                    break
+                n = struct.unpack(">i", raw)[0]
+                if n < -1:
+                    break
+                fo.seek(16 if n == -1 else 4 + n, 1)
+            if fo.tell() > size:
+                break
+            good = fo.tell()
+    except (EOFError, struct.error):
+        pass
+    return good
+
+
+def _members(make: Callable[[], Any]) -> GoodLength:
+    """Concatenated gzip/bzip2/zlib streams: the end of the last complete one."""
+
+    def good(fo: BinaryIO, size: int) -> int:
+        fo.seek(0)
+        d = make()
+        offset = last = 0  # offset: where `buf` starts in the file
+        buf = b""
+        while True:
+            if not buf:
+                buf = fo.read(64 * 1024)  # small reads: bounded output per call
+                if not buf:
+                    return last
+            try:
+                d.decompress(buf)
+            except (OSError, ValueError, EOFError, zlib.error):
+                return last
+            if d.eof:
+                last = offset + len(buf) - len(d.unused_data)
+                offset, buf = last, d.unused_data
+                d = make()
+            else:
+                offset += len(buf)
+                buf = b""
+
+    return good
+
+
+def _blocks(fo: BinaryIO, size: int) -> int:
+    """Hadoop block streams (Snappy, LZ4): raw length, then one chunk per block here."""
+    fo.seek(0)
+    good = 0
+    while good + 8 <= size:
+        fo.seek(good + 4)
+        n = struct.unpack(">i", fo.read(4))[0]
+        if n < 0 or good + 8 + n > size:
+            break
+        good += 8 + n
+    return good
+
+
+def _avro(fo: BinaryIO, size: int) -> int:
+    """An Avro container: the end of the last block (each ends in the header's sync)."""
+    from fastavro.read import reader
+
+    fo.seek(0)
+    try:
+        sync = reader(fo)._header["sync"]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a header torn at the start: nothing to keep
+        return 0
+    return _tail_find(fo, size, sync)
+
+
+def good_length(
+    file_type: str, serializer: str, append_newline: bool, codec: Codec | None
+) -> GoodLength | None:
+    """How to find the last whole batch of a file of this kind, or None (leave it)."""
+    if file_type == "SequenceFile":
+        return _sequence_file
+    if file_type == "CompressedStream" and codec is not None:
+        if codec.name == "gzip":
+            return _members(lambda: zlib.decompressobj(31))
+        if codec.name == "bzip2":
+            return _members(bz2.BZ2Decompressor)
+        if codec.name in ("default", "deflate"):
+            return _members(zlib.decompressobj)
+        if codec.name in ("snappy", "lz4"):
+            return _blocks
+        return None
+    if serializer in ("text", "header_and_text"):
+        return _lines if append_newline else None
+    if serializer == "avro_event":
+        return _avro
+    return None

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import aiohttp
 
 from flumed.errors import DeliveryError
-from flumed.sinks._hdfs_formats import FileFormat
+from flumed.sinks._hdfs_formats import FileFormat, GoodLength
 
 log = logging.getLogger("flumed.sinks.hdfs")
 
@@ -266,13 +266,41 @@ class LocalStore:
         """Close and rename files (roll timer, stop, retries); returns the failures."""
         return await self.apply([], finishes)  # type: ignore[no-any-return]
 
-    async def recover(self, root: str, depth: int, match: Callable[[str], str | None]) -> int:
+    async def recover(
+        self,
+        root: str,
+        depth: int,
+        match: Callable[[str], str | None],
+        cut: GoodLength | None = None,
+    ) -> int:
         """Rename in-use files a previous run left under `root` (down to `depth` levels):
         `match(name)` gives a file's finished name, or None for a file to leave alone.
-        Returns how many were finished."""
-        return int(await self._run(self._recover, root, depth, match))
+        `cut` finds where the file's last whole batch ends: a batch the killed run was
+        writing (never committed, so taken again) is cut off first. Returns how many
+        files were finished."""
+        return int(await self._run(self._recover, root, depth, match, cut))
 
-    def _recover(self, root: str, depth: int, match: Callable[[str], str | None]) -> int:
+    def _cut(self, path: str, size: int, cut: GoodLength) -> None:
+        with open(path, "r+b") as fo:
+            good = cut(fo, size)
+            if good < size:
+                fo.truncate(good)
+                os.fsync(fo.fileno())
+                log.warning(
+                    "Sink %s: cut %d bytes of an unfinished batch off %s (it was not "
+                    "committed and is delivered again).",
+                    self.name,
+                    size - good,
+                    path,
+                )
+
+    def _recover(
+        self,
+        root: str,
+        depth: int,
+        match: Callable[[str], str | None],
+        cut: GoodLength | None,
+    ) -> int:
         n = 0
         stack = [(root, 0)]
         while stack:
@@ -296,6 +324,12 @@ class LocalStore:
                 if final is None:
                     continue
                 target = os.path.join(d, final)
+                if cut is not None:
+                    try:
+                        self._cut(ent.path, st.st_size, cut)
+                    except OSError as e:
+                        log.warning("Sink %s: cannot check %s: %s", self.name, ent.path, e)
+                        continue
                 if os.path.lexists(target):
                     log.warning(
                         "Sink %s: left %s as it is: %s exists.", self.name, ent.path, target
@@ -548,8 +582,17 @@ class WebHdfsStore:
     async def finish(self, finishes: Finishes) -> list[tuple[HdfsFile, str]]:
         return await self._finish_all(finishes)
 
-    async def recover(self, root: str, depth: int, match: Callable[[str], str | None]) -> int:
-        """See LocalStore.recover (LISTSTATUS, RENAME)."""
+    async def recover(
+        self,
+        root: str,
+        depth: int,
+        match: Callable[[str], str | None],
+        cut: GoodLength | None = None,
+    ) -> int:
+        """See LocalStore.recover (LISTSTATUS, RENAME). `cut` is not used: an APPEND that
+        failed half-way was cut back (TRUNCATE) by the run that made it, or is in the
+        file; HDFS keeps no partial write of a killed client past its lease recovery."""
+        del cut
         n = 0
         stack = [(root, 0)]
         while stack:

@@ -33,7 +33,7 @@ from itertools import accumulate
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from flumed import escapes
+from flumed import escapes, registry
 from flumed.config.keys import key, prefix
 from flumed.counters import SinkCounter
 from flumed.errors import ComponentStartError, DeliveryError
@@ -45,7 +45,7 @@ from flumed.serializers.base import (
     serializer_class,
     serializer_problems,
 )
-from flumed.sinks._hdfs_formats import Codec, codec_by_name, make_format, now_ms
+from flumed.sinks._hdfs_formats import Codec, codec_by_name, good_length, make_format, now_ms
 from flumed.sinks._hdfs_stores import (
     Finishes,
     HdfsFile,
@@ -354,8 +354,13 @@ class HDFSEventSink(BatchSink):
         cfg = self.config
         match = in_use_matcher(cfg.inUsePrefix, cfg.in_use_suffix, self.ext, self._first_counter)
         depth = self.template.text[len(self.base) :].count("/") + 1
+        serializer = ""
+        if cfg.fileType != "SequenceFile":
+            serializer = registry.canonical("serializers", cfg.serializer) or ""
+        newline = bool(getattr(getattr(self, "serializer_config", None), "appendNewline", True))
+        cut = good_length(cfg.fileType, serializer, newline, self.codec)
         try:
-            n = await self.store.recover(self.base, depth, match)
+            n = await self.store.recover(self.base, depth, match, cut)
         except Exception as e:  # noqa: BLE001 - recovery is best effort; the run goes on
             log.warning("Sink %s: recovery of in-use files stopped: %s", self.name, e)
             return
