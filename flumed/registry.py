@@ -91,6 +91,12 @@ SOURCES = _table(
         "Syslog (RFC 3164/5424) over UDP.",
     ),
     T(
+        "stress",
+        "flumed.sources.stress:StressSource",
+        _S + "StressSource",
+        "Fixed-size events as fast as possible or at a set rate, for load tests.",
+    ),
+    T(
         "multiport_syslogtcp",
         "flumed.sources.multiport_syslogtcp:MultiportSyslogTcpSource",
         _S + "MultiportSyslogTCPSource",
@@ -103,6 +109,12 @@ SOURCES = _table(
         "Events POSTed over HTTP (JSON or blob handlers).",
     ),
     T(
+        "amqp",
+        "flumed.sources.amqp:AmqpSource",
+        (),
+        "Consumes a RabbitMQ (AMQP 0-9-1) queue; acks after the channel commit.",
+    ),
+    T(
         "avro",
         "flumed.sources.avro:AvroSource",
         _S + "AvroSource",
@@ -113,6 +125,12 @@ SOURCES = _table(
         "flumed.sources.thrift:ThriftSource",
         _S + "ThriftSource",
         "Flume's Thrift RPC server.",
+    ),
+    T(
+        "jms",
+        "flumed.sources.jms:JMSSource",
+        _S + "jms.JMSSource",
+        "A JMS queue or topic, spoken over STOMP (ActiveMQ, Artemis, RabbitMQ).",
     ),
     T(
         "kafka",
@@ -136,6 +154,12 @@ CHANNELS = _table(
         "A durable channel on SQLite (WAL); survives kill -9.",
     ),
     T(
+        "jdbc",
+        "flumed.channels.jdbc:JdbcChannel",
+        _C + "jdbc.JdbcChannel",
+        "Events in a PostgreSQL or MySQL/MariaDB table, shared by agents.",
+    ),
+    T(
         "kafka",
         "flumed.channels.kafka:KafkaChannel",
         _C + "kafka.KafkaChannel",
@@ -151,6 +175,12 @@ SINKS = _table(
         "flumed.sinks.file_roll:RollingFileSink",
         _K + "RollingFileSink",
         "Writes events to files in one directory, rolled by time.",
+    ),
+    T(
+        "amqp",
+        "flumed.sinks.amqp:AmqpSink",
+        (),
+        "Publishes to a RabbitMQ (AMQP 0-9-1) exchange with publisher confirms.",
     ),
     T(
         "avro",
@@ -256,6 +286,12 @@ SELECTORS = _table(
         "flumed.routing.selectors:ReplicatingSelector",
         _C + "ReplicatingChannelSelector",
         "Every event to every channel.",
+    ),
+    T(
+        "load_balancing",
+        "flumed.routing.selectors:LoadBalancingSelector",
+        _C + "LoadBalancingChannelSelector",
+        "Each event to one channel, round robin or random.",
     ),
     T(
         "multiplexing",
