@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from flumed.errors import DeliveryError
+from flumed.errors import ComponentStartError, DeliveryError
 from flumed.sinks._hdfs_formats import FileFormat, GoodLength
 
 log = logging.getLogger("flumed.sinks.hdfs")
@@ -383,7 +383,7 @@ class WebHdfsStore:
         proxy_user: str,
         httpfs: bool,
         timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
+        cafile: str = "",
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -391,14 +391,23 @@ class WebHdfsStore:
         self.proxy_user = proxy_user
         self.httpfs = httpfs
         self.timeout = timeout
-        self.ssl_context = ssl_context
+        self.cafile = cafile
         self._session: aiohttp.ClientSession | None = None
         self._dirs: set[str] = set()
 
     async def start(self) -> None:
+        """Raises ComponentStartError when the CA file cannot be read."""
+        tls: ssl.SSLContext | bool = True
+        if self.cafile:
+            try:
+                tls = ssl.create_default_context(cafile=self.cafile)
+            except (OSError, ssl.SSLError) as e:
+                raise ComponentStartError(
+                    f"sink {self.name}: key 'hdfs.webhdfs.cafile': {self.cafile}: {e}"
+                ) from e
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=aiohttp.TCPConnector(ssl=self.ssl_context or True, limit=8),
+            connector=aiohttp.TCPConnector(ssl=tls, limit=8),
         )
 
     async def close(self) -> None:

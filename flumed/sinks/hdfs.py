@@ -24,7 +24,6 @@ import getpass
 import logging
 import os
 import posixpath
-import ssl
 import time
 from bisect import bisect_left
 from collections import OrderedDict
@@ -271,17 +270,14 @@ class HDFSEventSink(BatchSink):
         if self.target.local:
             self.store = LocalStore(name, cfg.fsync)
         else:
-            ctx = None
-            if self.target.url.startswith("https:"):
-                ctx = ssl.create_default_context(cafile=cfg.webhdfsCaFile or None)
             self.store = WebHdfsStore(
                 name,
                 self.target.url,
-                cfg.webhdfsUser or getpass.getuser(),
+                cfg.webhdfsUser or _process_user(),
                 cfg.proxyUser,
                 cfg.httpfs,
                 cfg.callTimeout / 1000,
-                ctx,
+                cfg.webhdfsCaFile,
             )
         self.base = _base_dir(self.template)
         self.buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -608,29 +604,16 @@ class HDFSEventSink(BatchSink):
         """Rolls files by rollInterval/idleTimeout and retries failed renames. Woken by
         `_wake` when a new file or retry may bring the next deadline closer."""
         while not self._stopping.is_set():
-            async with self._lock:
-                now = time.monotonic()
-                due, retries, nxt = self._due(now)
-                if due or retries:
-                    finishes = [self._detach(b) for b in due]
-                    for b in due:
-                        # Forget the bucket (its next file gets a newer counter anyway), so
-                        # buckets of past hours do not pile up.
-                        self.buckets.pop(b.key, None)
-                    for r in retries:
-                        self.retries.remove(r)
-                    failed = await self.store.finish(finishes + [(r.file, r.tail) for r in retries])
-                    bad = {id(f): why for f, why in failed}
-                    for f, _ in finishes:
-                        if id(f) not in bad:
-                            self.counter.ConnectionClosedCount += 1
-                    for r in retries:
-                        if id(r.file) in bad:
-                            self.retries.append(r)
-                    for f, why in failed:
-                        self._rename_failed(f, b"", why, now)
-                    continue
-                self._wake.clear()
+            try:
+                nxt = await self._roll_due()
+            except Exception as e:  # noqa: BLE001 - the timer must outlive one bad roll
+                self._warn.log(logging.ERROR, "Sink %s: roll timer: %s", self.name, e)
+                self.report_problem(f"roll timer: {e}", "timer")
+                nxt = time.monotonic() + 1.0
+            else:
+                self.clear_problem("timer")
+            if nxt is not None and nxt <= time.monotonic():
+                continue
             timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
             wake = asyncio.ensure_future(self._wake.wait())
             stop = asyncio.ensure_future(self._stopping.wait())
@@ -639,6 +622,41 @@ class HDFSEventSink(BatchSink):
             finally:
                 wake.cancel()
                 stop.cancel()
+
+    async def _roll_due(self) -> float | None:
+        """Finish what is due; returns the next deadline (now: more may be due)."""
+        async with self._lock:
+            now = time.monotonic()
+            due, retries, nxt = self._due(now)
+            if due or retries:
+                finishes = [self._detach(b) for b in due]
+                for b in due:
+                    # Forget the bucket (its next file gets a newer counter anyway), so
+                    # buckets of past hours do not pile up.
+                    self.buckets.pop(b.key, None)
+                for r in retries:
+                    self.retries.remove(r)
+                failed = await self.store.finish(finishes + [(r.file, r.tail) for r in retries])
+                bad = {id(f): why for f, why in failed}
+                for f, _ in finishes:
+                    if id(f) not in bad:
+                        self.counter.ConnectionClosedCount += 1
+                for r in retries:
+                    if id(r.file) in bad:
+                        self.retries.append(r)
+                for f, why in failed:
+                    self._rename_failed(f, b"", why, now)
+                return now
+            self._wake.clear()
+            return nxt
+
+
+def _process_user() -> str:
+    """WebHDFS `user.name` by default: the user this process runs as (as Hadoop's client)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "flume"
 
 
 def _base_dir(t: escapes.Template) -> str:

@@ -6,6 +6,7 @@ quota, a stalled datanode, a write that landed without an answer, the namenode d
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,33 @@ async def test_in_use_files_of_a_previous_run_are_renamed_at_start(server: WebHd
     await wait_until(lambda: sink.counter.FilesRecoveredCount == 1, 10, "recovery")
     assert list(server.files) == ["/p/2006/FlumeData.1000"]
     await sink.stop()
+
+
+async def test_swebhdfs_over_tls_with_a_private_ca(tmp_path: Path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    server = await WebHdfsServer(ssl_context=ctx).start()
+    try:
+        ch = await make_channel()
+        sink = await make_sink(
+            ch,
+            f"swebhdfs://{server.url}/tls",
+            webhdfs={"user": "flume", "cafile": str(cafile)},
+        )
+        await put(ch, [ev(i) for i in range(3)])
+        await run_all(sink)
+        await sink.stop()
+        assert numbers(server) == [0, 1, 2]
+        # Without the CA the server is not trusted: the batch rolls back.
+        await put(ch, [ev(3)])
+        sink = await make_sink(ch, f"swebhdfs://{server.url}/tls", webhdfs={"user": "flume"})
+        with pytest.raises(DeliveryError, match=r"SSL|certificate"):
+            await sink.process()
+        assert ch.size == 1
+        await sink.stop()
+    finally:
+        await server.stop()

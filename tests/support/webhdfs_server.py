@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import ssl
 from collections import Counter
 from typing import Any
 
@@ -59,8 +60,9 @@ def boolean(v: bool) -> web.Response:
 class WebHdfsServer:
     """Namenode and datanode on free ports of 127.0.0.1. `files` maps a path to its bytes."""
 
-    def __init__(self, httpfs: bool = False) -> None:
+    def __init__(self, httpfs: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
         self.httpfs = httpfs
+        self.ssl_context = ssl_context  # TLS on both ports (swebhdfs)
         self.port = free_port()
         self.dn_port = free_port()
         self.files: dict[str, bytearray] = {}
@@ -86,7 +88,7 @@ class WebHdfsServer:
             app.router.add_route("*", "/webhdfs/v1{path:.*}", handler)
             runner = web.AppRunner(app, shutdown_timeout=0.1)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=self.ssl_context).start()
             self._runners.append(runner)
         return self
 
@@ -148,7 +150,8 @@ class WebHdfsServer:
                 if q.get("data") != "true":
                     return remote("IllegalArgumentException", "HttpFS needs data=true")
                 return await self._write(op, path, q, request)
-            loc = f"http://127.0.0.1:{self.dn_port}/webhdfs/v1{path}?" + "&".join(
+            scheme = "https" if self.ssl_context else "http"
+            loc = f"{scheme}://127.0.0.1:{self.dn_port}/webhdfs/v1{path}?" + "&".join(
                 f"{k}={v}" for k, v in {**q, "namenoderpcaddress": "nn:8020"}.items()
             )
             return web.Response(status=307, headers={"Location": loc})
