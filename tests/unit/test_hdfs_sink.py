@@ -649,3 +649,40 @@ async def test_recovery_cuts_a_batch_torn_by_a_crash(tmp_path: Path, keys):
     else:
         assert got == two
     await sink.stop()
+
+
+FLUME_PROPERTIES = """
+a1.sources = r1
+a1.channels = c1
+a1.sinks = k1
+a1.sources.r1.type = seq
+a1.sources.r1.channels = c1
+a1.channels.c1.type = memory
+a1.sinks.k1.type = org.apache.flume.sink.hdfs.HDFSEventSink
+a1.sinks.k1.channel = c1
+a1.sinks.k1.hdfs.path = /flume/events/%y-%m-%d/%H%M/%S
+a1.sinks.k1.hdfs.filePrefix = events-
+a1.sinks.k1.hdfs.round = true
+a1.sinks.k1.hdfs.roundValue = 10
+a1.sinks.k1.hdfs.roundUnit = minute
+a1.sinks.k1.hdfs.fileType = DataStream
+a1.sinks.k1.hdfs.writeFormat = Text
+a1.sinks.k1.hdfs.callTimeout = 10000
+a1.sinks.k1.serializer = text
+a1.sinks.k1.serializer.appendNewline = false
+"""
+
+
+def test_the_flume_user_guide_example_runs_unchanged():
+    from flumed.config.graph import build_agent
+    from flumed.config.properties import properties_to_document
+
+    spec = build_agent(properties_to_document(FLUME_PROPERTIES), "a1", "flume.properties")
+    cfg = spec.sinks["k1"].config
+    assert (cfg.round, cfg.roundValue, cfg.roundUnit, cfg.fileType) == (
+        True,
+        10,
+        "minute",
+        "DataStream",
+    )
+    assert cfg.serializer == "text" and cfg.serializerKeys == {"appendNewline": "false"}
