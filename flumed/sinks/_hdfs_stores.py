@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import re
+import resource
 import ssl
 import stat
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -143,10 +145,17 @@ class LocalStore:
     """Files on a local or mounted filesystem, written in one I/O thread per sink (one
     job per batch, never per event), fsync'ed before the take commits when `fsync`."""
 
-    def __init__(self, name: str, fsync: bool) -> None:
+    def __init__(self, name: str, fsync: bool, max_fds: int = 5000) -> None:
         self.name = name
         self.fsync = fsync
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        # Descriptors kept open, least recently written first. Buckets may outnumber what
+        # the process may open (hdfs.maxOpenFiles 5000 against a limit of 1024): the
+        # least recently written files are closed and opened again when written.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        room = soft // 4 if soft != resource.RLIM_INFINITY else max_fds
+        self.max_fds = max(16, min(max_fds, room))
+        self._fds: OrderedDict[int, HdfsFile] = OrderedDict()
 
     async def start(self) -> None:
         # One thread: the writes, closes and renames of this sink stay in order.
@@ -193,9 +202,13 @@ class LocalStore:
         written: list[HdfsFile] = []
         try:
             for f, data in writes:
-                if f.fd is None:
+                if not f.exists:
                     self._create(f)
                     created.append(f)
+                elif f.fd is None:
+                    f.fd = os.open(f.tmp_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                self._fds[id(f)] = f
+                self._fds.move_to_end(id(f))
                 written.append(f)
                 try:
                     _write_all(f.fd, data)  # type: ignore[arg-type]
@@ -210,6 +223,7 @@ class LocalStore:
                     _fsync_dir(d)
         except OSError:
             self._undo(created, written)
+            self._trim()
             raise
         failed: list[tuple[HdfsFile, str]] = []
         for f, tail in finishes:
@@ -217,7 +231,17 @@ class LocalStore:
                 self._finish(f, tail)
             except OSError as e:
                 failed.append((f, f"{e.filename or f.tmp_path}: {_why(e)}"))
+        self._trim()
         return failed
+
+    def _trim(self) -> None:
+        while len(self._fds) > self.max_fds:
+            _, f = self._fds.popitem(last=False)
+            if f.fd is not None:
+                try:
+                    os.close(f.fd)
+                finally:
+                    f.fd = None
 
     def _undo(self, created: list[HdfsFile], written: list[HdfsFile]) -> None:
         for f in written:
@@ -235,6 +259,7 @@ class LocalStore:
                 )
                 f.uncertain = True
         for f in created:
+            self._fds.pop(id(f), None)
             if f.fd is not None:
                 try:
                     os.close(f.fd)
@@ -242,9 +267,12 @@ class LocalStore:
                 except OSError:
                     pass
                 f.fd = None
-                f.exists = False
+            f.exists = False
 
     def _finish(self, f: HdfsFile, tail: bytes) -> None:
+        self._fds.pop(id(f), None)
+        if tail and f.fd is None and f.exists:
+            f.fd = os.open(f.tmp_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         if f.fd is not None:
             if tail:
                 _write_all(f.fd, tail)

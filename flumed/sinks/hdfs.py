@@ -268,7 +268,7 @@ class HDFSEventSink(BatchSink):
         )
         self.store: LocalStore | WebHdfsStore
         if self.target.local:
-            self.store = LocalStore(name, cfg.fsync)
+            self.store = LocalStore(name, cfg.fsync, cfg.maxOpenFiles)
         else:
             self.store = WebHdfsStore(
                 name,

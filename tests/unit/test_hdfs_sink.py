@@ -686,3 +686,19 @@ def test_the_flume_user_guide_example_runs_unchanged():
         "DataStream",
     )
     assert cfg.serializer == "text" and cfg.serializerKeys == {"appendNewline": "false"}
+
+
+async def test_more_buckets_than_descriptors(tmp_path: Path):
+    """Buckets past the process's descriptor budget stay open as files; their descriptors
+    are closed least recently written first and opened again on the next write."""
+    ch = await make_channel()
+    sink = await make_sink(ch, path=f"{tmp_path}/%{{b}}", fileType="DataStream", rollCount=0)
+    sink.store.max_fds = 2
+    for r in range(3):
+        await put(ch, [ev(r * 10 + b, b=str(b)) for b in range(5)])
+        assert await sink.process() is Status.READY
+        assert len(sink.store._fds) <= 2
+    await sink.stop()
+    for b in range(5):
+        [p] = files(tmp_path / str(b))
+        assert numbers([p]) == [b, 10 + b, 20 + b]
