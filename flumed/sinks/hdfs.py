@@ -288,7 +288,11 @@ class HDFSEventSink(BatchSink):
         self._timer: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._first_counter = 0
-        self._warn = RateLimitedLog(log)
+        # One limiter per kind of trouble, so that one does not hide another.
+        self._warn_escape = RateLimitedLog(log)
+        self._warn_write = RateLimitedLog(log)
+        self._warn_rename = RateLimitedLog(log)
+        self._warn_timer = RateLimitedLog(log)
         if cfg.fileType == "DataStream" and cfg.codeC:
             log.warning(
                 "Sink %s: hdfs.codeC is ignored with fileType DataStream (as in Flume, the data "
@@ -414,7 +418,7 @@ class HDFSEventSink(BatchSink):
             lookups = self.template.render_many([e.headers for e in events], ts)
         except escapes.EscapeError as e:
             self.counter.EventEscapeFailCount += 1
-            self._warn.warn("Sink %s: batch rolled back: %s.", self.name, e)
+            self._warn_escape.warn("Sink %s: batch rolled back: %s.", self.name, e)
             raise DeliveryError(f"Sink {self.name}: {e}") from e
         first = lookups[0]
         if lookups.count(first) == len(lookups):  # one bucket (the usual case): no grouping
@@ -479,7 +483,7 @@ class HDFSEventSink(BatchSink):
                         # Its CREATE may have landed and could not be undone: the next
                         # batch goes to the same name, which is then deleted and made again.
                         owner[id(f)].file = f
-                self._warn.warn("Sink %s: batch rolled back: %s", self.name, e)
+                self._warn_write.warn("Sink %s: batch rolled back: %s", self.name, e)
                 raise DeliveryError(f"Sink {self.name}: {e}", retriable=e.retriable) from e
             for f, cnt, nbytes, size in counts:
                 if f.events == 0 and f.size == 0:
@@ -544,7 +548,7 @@ class HDFSEventSink(BatchSink):
 
     def _rename_failed(self, f: HdfsFile, tail: bytes, why: str, now: float) -> None:
         self.counter.FileRenameFailCount += 1
-        self._warn.warn(
+        self._warn_rename.warn(
             "Sink %s: could not finish %s: %s; retrying every %gs.",
             self.name,
             f.tmp_path,
@@ -607,7 +611,7 @@ class HDFSEventSink(BatchSink):
             try:
                 nxt = await self._roll_due()
             except Exception as e:  # noqa: BLE001 - the timer must outlive one bad roll
-                self._warn.log(logging.ERROR, "Sink %s: roll timer: %s", self.name, e)
+                self._warn_timer.log(logging.ERROR, "Sink %s: roll timer: %s", self.name, e)
                 self.report_problem(f"roll timer: {e}", "timer")
                 nxt = time.monotonic() + 1.0
             else:
