@@ -454,11 +454,12 @@ class HDFSEventSink(BatchSink):
                         head = b""
                         cnt, nbytes = f.events, f.body_bytes
                     j, nbytes, full = self._fill(evs, i, cnt, nbytes)
-                    cnt += j - i
-                    data = head + f.fmt.batch(evs[i:j] if i or j < n else evs, ts)
-                    writes.append((f, data))
-                    counts.append((f, cnt, nbytes, len(data)))
-                    i = j
+                    if j > i:
+                        cnt += j - i
+                        data = head + f.fmt.batch(evs[i:j] if i or j < n else evs, ts)
+                        writes.append((f, data))
+                        counts.append((f, cnt, nbytes, len(data)))
+                        i = j
                     if full:
                         finishes.append((f, f.fmt.end()))
                         f = None
@@ -472,8 +473,9 @@ class HDFSEventSink(BatchSink):
                         break
                     if lk not in groups:
                         evicted.append(b)
+            finishes += self._evict_now(evicted)
             try:
-                failed = await self.store.apply(writes, finishes + self._evict_now(evicted))
+                failed = await self.store.apply(writes, finishes)
             except StoreError as e:
                 self.counter.EventWriteFail += 1
                 for bad in e.abandon:
