@@ -366,9 +366,12 @@ async def test_max_open_files_closes_the_least_recently_used(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("codec", "tool", "ext"), [("gzip", "zcat", ".gz"), ("bzip2", "bzcat", ".bz2")]
+    ("codec", "tool", "ext"),
+    [("gzip", "zcat", ".gz"), ("bzip2", "bzcat", ".bz2"), ("zstd", "zstdcat", ".zst")],
 )
 async def test_compressed_stream_read_by_the_command_line_tools(tmp_path: Path, codec, tool, ext):
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (its Debian package)")
     ch = await make_channel()
     sink = await make_sink(
         ch, path=str(tmp_path), fileType="CompressedStream", codeC=codec, rollCount=0, batchSize=7
