@@ -667,12 +667,19 @@ class _Abandon(Exception):  # control flow inside the store
 
 
 def in_use_matcher(
-    in_use_prefix: str, in_use_suffix: str, ext: str, before: int
+    in_use_prefix: str, in_use_suffix: str, leaf: str, ext: str, before: int
 ) -> Callable[[str], str | None]:
-    """For recovery: a leaf name → its finished name, when it is an in-use file of a run
-    that started before counter `before` (this run's files are never touched)."""
+    """For recovery: a leaf name → its finished name, when it is an in-use file of this
+    sink's (its name made from `leaf`, a regex of the file prefix) of a run that started
+    before counter `before` (this run's files are never touched)."""
     rx = re.compile(
-        re.escape(in_use_prefix) + r"(.+\.(\d+)" + re.escape(ext) + ")" + re.escape(in_use_suffix)
+        re.escape(in_use_prefix)
+        + "("
+        + leaf
+        + r"\.(\d+)"
+        + re.escape(ext)
+        + ")"
+        + re.escape(in_use_suffix)
     )
 
     def match(name: str) -> str | None:

@@ -24,6 +24,7 @@ import getpass
 import logging
 import os
 import posixpath
+import re
 import time
 from bisect import bisect_left
 from collections import OrderedDict
@@ -352,7 +353,13 @@ class HDFSEventSink(BatchSink):
     async def _recover(self) -> None:
         """Finish the in-use files a previous run left (crash, kill -9)."""
         cfg = self.config
-        match = in_use_matcher(cfg.inUsePrefix, cfg.in_use_suffix, self.ext, self._first_counter)
+        match = in_use_matcher(
+            cfg.inUsePrefix,
+            cfg.in_use_suffix,
+            _leaf_regex(cfg.filePrefix),
+            self.ext,
+            self._first_counter,
+        )
         depth = self.template.text[len(self.base) :].count("/") + 1
         serializer = ""
         if cfg.fileType != "SequenceFile":
@@ -655,6 +662,19 @@ class HDFSEventSink(BatchSink):
                 return now
             self._wake.clear()
             return nxt
+
+
+def _leaf_regex(file_prefix: str) -> str:
+    """A regex of the file names `hdfs.filePrefix` makes (its last path segment; each
+    escape any text), so that recovery finishes this sink's files only."""
+    leaf = file_prefix.rpartition("/")[2]
+    out, pos = [], 0
+    for m in escapes.TAG.finditer(leaf):
+        out.append(re.escape(leaf[pos : m.start()]))
+        out.append("%" if m.group(1) == "%" else ".*")
+        pos = m.end()
+    out.append(re.escape(leaf[pos:]))
+    return "".join(out)
 
 
 def _process_user() -> str:

@@ -705,3 +705,13 @@ async def test_more_buckets_than_descriptors(tmp_path: Path):
     for b in range(5):
         [p] = files(tmp_path / str(b))
         assert numbers([p]) == [b, 10 + b, 20 + b]
+
+
+async def test_recovery_leaves_other_prefixes_alone(tmp_path: Path):
+    (tmp_path / "other.1000.tmp").write_bytes(b"line 1\n")  # another sink's open file
+    (tmp_path / "app-eu.1000.tmp").write_bytes(b"line 2\n")
+    ch = await make_channel()
+    sink = await make_sink(ch, path=str(tmp_path), filePrefix="app-%{dc}", fileType="DataStream")
+    await wait_until(lambda: sink.counter.FilesRecoveredCount == 1, 10, "recovery")
+    assert sorted(p.name for p in files(tmp_path)) == ["app-eu.1000", "other.1000.tmp"]
+    await sink.stop()
