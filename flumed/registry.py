@@ -195,6 +195,12 @@ SINKS = _table(
         "Sends batches over Flume's Thrift RPC.",
     ),
     T(
+        "hdfs",
+        "flumed.sinks.hdfs:HDFSEventSink",
+        _K + "hdfs.HDFSEventSink",
+        "Writes events into bucketed, rolled files, local or on HDFS (WebHDFS).",
+    ),
+    T(
         "kafka",
         "flumed.sinks.kafka:KafkaSink",
         _K + "kafka.KafkaSink",
