@@ -194,6 +194,12 @@ SINKS = _table(
         _K + "kafka.KafkaSink",
         "Publishes events to Kafka topics.",
     ),
+    T(
+        "http",
+        "flumed.sinks.http:HttpSink",
+        _K + "http.HttpSink",
+        "POSTs events to an HTTP endpoint, one per request or batched.",
+    ),
 )
 
 INTERCEPTORS = _table(
