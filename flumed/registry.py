@@ -200,6 +200,12 @@ SINKS = _table(
         _K + "http.HttpSink",
         "POSTs events to an HTTP endpoint, one per request or batched.",
     ),
+    T(
+        "elasticsearch",
+        "flumed.sinks.elasticsearch:ElasticSearchSink",
+        _K + "elasticsearch.ElasticSearchSink",
+        "Indexes events into Elasticsearch/OpenSearch (_bulk), with a dead-letter file.",
+    ),
 )
 
 INTERCEPTORS = _table(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flumed.agent import Agent
+from flumed.cli import tune_gc
 from flumed.config.graph import build_agent
 from tests.util import free_port
 
@@ -61,6 +62,7 @@ def seq_doc(sink: dict[str, Any], total: int, batch: int) -> dict:
 async def run_agent(doc: dict, total: int) -> float:
     """Start the agent, wait until the sink drained `total` events; seconds taken."""
     agent = Agent(build_agent(doc, "a1", "bench"))
+    tune_gc()  # as `flumed agent` does
     t0 = time.perf_counter()
     await agent.start()
     sink = agent.sinks["k1"]
