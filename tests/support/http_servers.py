@@ -273,9 +273,17 @@ class HBaseRestServer(_Base):
         self.content_types: list[str] = []
 
     def routes(self, app: web.Application) -> None:
+        app.router.add_get("/{table}/schema", self.schema)
         app.router.add_put("/{table}/{row:.*}", self.put)
         app.router.add_post("/{table}/{row:.*}", self.put)
         app.router.add_get("/version/cluster", self.version)
+
+    async def schema(self, request: web.Request) -> web.Response:
+        table = request.match_info["table"]
+        if table not in self.families:
+            return web.Response(status=404, text="Not found\r\n")
+        cols = [{"name": f, "VERSIONS": "1"} for f in sorted(self.families[table])]
+        return web.json_response({"name": table, "ColumnSchema": cols, "IS_META": "false"})
 
     async def version(self, request: web.Request) -> web.Response:
         return web.Response(text="2.5.8", content_type="text/plain")
