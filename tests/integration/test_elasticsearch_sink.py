@@ -369,3 +369,68 @@ async def test_100k_numbered_events_through_a_failing_server(tmp_path):
         dups = sum(c - 1 for c in indexed.values())
         assert dups <= sink.counter.EventWriteFail * 1000
         assert srv.item_statuses[429] > 0 and srv.item_statuses[503] > 0
+
+
+# -- a real agent process, SIGKILLed mid-stream --------------------------------------------------
+
+
+async def test_agent_process_sigkilled_loses_nothing(agent_factory, tmp_path):
+    """netcat (acked) -> file channel -> elasticsearch in a real `flumed agent`, killed
+    with SIGKILL twice while the double fails some requests: every number indexed or
+    in the dead-letter file after restarts; duplicates within a batch per kill/failure."""
+    import asyncio
+
+    from tests.util import AckingSender
+
+    total, batch = 30_000, 500
+    requests = random_policy(9, 0.05, [503, "reset"])
+    dead = tmp_path / "dead.jsonl"
+    async with BulkServer(
+        item_policy=lambda m, d: 400 if int(d["@message"]) % 1009 == 0 else 201,
+        request_policy=requests,
+    ) as srv:
+        port = free_port()
+        text = f"""
+[agents.a1.sources.r1]
+type = "netcat"
+bind = "127.0.0.1"
+port = {port}
+ack-every-event = true
+channels = ["c1"]
+[agents.a1.channels.c1]
+type = "file"
+dataDirs = "{tmp_path / "data"}"
+capacity = 1000000
+transactionCapacity = 10000
+[agents.a1.sinks.k1]
+type = "elasticsearch"
+channel = "c1"
+hostNames = "{srv.url}"
+batchSize = {batch}
+indexType = ""
+"deadLetter.path" = "{dead}"
+"""
+        agent = agent_factory(text)
+        sender = AckingSender(port)
+        send = asyncio.create_task(asyncio.to_thread(sender.send_range, 0, total, 180.0))
+        for mark in (total // 4, total // 2):
+            await wait_until(lambda m=mark: sender.acked >= m, 120, f"{mark} acks")
+            await asyncio.to_thread(agent.kill)
+            await asyncio.to_thread(agent.start)
+        await asyncio.wait_for(send, 180)
+
+        def settled() -> bool:
+            got = {int(d["@message"]) for d in srv.docs.values()}
+            got |= {int(x["body"]) for x in dead_lines(dead)}
+            return got >= set(range(total))
+
+        await wait_until(settled, 120, "every number indexed or set aside")
+        assert agent.terminate() == 0
+        indexed = Counter(int(d["@message"]) for d in srv.docs.values())
+        dead_numbers = Counter(int(x["body"]) for x in dead_lines(dead))
+        assert set(indexed) | set(dead_numbers) == set(range(total))
+        assert set(dead_numbers) == set(range(0, total, 1009))
+        dups = sum(c - 1 for c in indexed.values()) + sum(c - 1 for c in dead_numbers.values())
+        # Each kill and each failed request can cause at most one batch to be sent again.
+        assert srv.failed_requests > 0
+        assert dups <= (2 + srv.failed_requests) * batch

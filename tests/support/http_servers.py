@@ -38,6 +38,8 @@ class _Base:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests = 0
+        #: Requests failed as a whole by a policy (each may cause one batch to be resent).
+        self.failed_requests = 0
         self.gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.ssl_context: Any = None
@@ -76,6 +78,8 @@ class _Base:
 
     async def special(self, request: web.Request, answer: Answer) -> web.StreamResponse | None:
         """Handle "reset" and "hang"; None for an ordinary answer."""
+        if answer in ("reset", "hang"):
+            self.failed_requests += 1
         if answer == "reset":
             assert request.transport is not None
             request.transport.abort()
@@ -117,6 +121,8 @@ class Recorder(_Base):
         status, text = answer if isinstance(answer, tuple) else (int(answer), b"")
         if 200 <= status < 300:
             self.accepted.append(body)
+        else:
+            self.failed_requests += 1
         return web.Response(status=status, body=text)
 
 
@@ -188,6 +194,7 @@ class BulkServer(_Base):
                 if special is not None:
                     return special
                 status = answer if isinstance(answer, int) else answer[0]  # type: ignore[index]
+                self.failed_requests += 1
                 return web.json_response(
                     {"error": bulk_error(int(status)), "status": status}, status=int(status)
                 )
@@ -325,6 +332,7 @@ class HBaseRestServer(_Base):
                 if special is not None:
                     return special
                 status = answer if isinstance(answer, int) else answer[0]  # type: ignore[index]
+                self.failed_requests += 1
                 return web.Response(status=int(status), text="Service Unavailable\r\n")
         if table not in self.families:
             return web.Response(status=404, text="Not found\r\n")
