@@ -325,6 +325,7 @@ def test_ttl_is_warned(caplog):
 TOTAL = 100_000
 
 
+@pytest.mark.slow
 async def test_100k_numbered_events_through_a_failing_server(tmp_path):
     rnd = random.Random(11)
 
@@ -374,6 +375,7 @@ async def test_100k_numbered_events_through_a_failing_server(tmp_path):
 # -- a real agent process, SIGKILLed mid-stream --------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_agent_process_sigkilled_loses_nothing(agent_factory, tmp_path):
     """netcat (acked) -> file channel -> elasticsearch in a real `flumed agent`, killed
     with SIGKILL twice while the double fails some requests: every number indexed or

@@ -291,6 +291,7 @@ async def test_dead_and_slow_gateways():
 TOTAL = 100_000
 
 
+@pytest.mark.slow
 async def test_100k_numbered_events_through_a_failing_gateway(tmp_path):
     dead = tmp_path / "dead.jsonl"
     policy = random_policy(3, 0.05, [503, 500, 429, "reset"])

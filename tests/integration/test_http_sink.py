@@ -322,6 +322,8 @@ def _agent_doc(url: str, fmt: str, batch: int) -> dict:
     }  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["ndjson", "json_array"])
 async def test_100k_numbered_events_through_a_failing_server(fmt):
     policy = random_policy(7, 0.05, [503, 500, 429, "reset", 502])
