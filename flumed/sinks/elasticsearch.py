@@ -355,17 +355,9 @@ def _escape(template: str, headers: dict[str, str]) -> str:
     return _ESCAPE.sub(lambda m: headers.get(m[1], ""), template)
 
 
-class _Entry:
-    """One document of a take: its event, index, _id and NDJSON lines."""
-
-    __slots__ = ("data", "doc", "event", "id", "index")
-
-    def __init__(self, event: Event, index: str, doc_id: str | None, data: bytes, doc: str):
-        self.event = event
-        self.index = index
-        self.id = doc_id
-        self.data = data
-        self.doc = doc
+#: One document of a take: (event, index, _id or None, its NDJSON action and source lines).
+#: A tuple: built once per event on the hot path.
+_Entry = tuple[Event, str, str | None, bytes]
 
 
 class ElasticSearchSink(BatchSink):
@@ -477,7 +469,7 @@ class ElasticSearchSink(BatchSink):
             h = e.headers
             if not h:
                 doc = document(e)
-                append(_Entry(e, plain_index, None, plain_action + doc.encode() + b"\n", doc))
+                append((e, plain_index, None, plain_action + doc.encode() + b"\n"))
                 continue
             try:
                 index = _escape(name, h)
@@ -495,18 +487,19 @@ class ElasticSearchSink(BatchSink):
                 set_aside.append({"status": 0, "error": error, **event_record(e)})
                 continue
             action = self._action(index, typ, doc_id)
-            append(_Entry(e, index, doc_id, action + doc.encode() + b"\n", doc))
+            append((e, index, doc_id, action + doc.encode() + b"\n"))
         return out
 
     @staticmethod
     def _dead_record(entry: _Entry, status: int, error: Any) -> dict[str, Any]:
+        event, index, doc_id, data = entry
         return {
-            "index": entry.index,
-            "id": entry.id,
+            "index": index,
+            "id": doc_id,
             "status": status,
             "error": error,
-            "document": json.loads(entry.doc),
-            **event_record(entry.event),
+            "document": json.loads(data.split(b"\n", 1)[1]),
+            **event_record(event),
         }
 
     async def deliver(self, events: list[Event]) -> None:
@@ -542,7 +535,7 @@ class ElasticSearchSink(BatchSink):
     async def _bulk(self, pending: list[_Entry], set_aside: list[dict[str, Any]]) -> list[_Entry]:
         """One `_bulk` request; returns the items to send again, adds refused ones to
         `set_aside`. Raises DeliveryError when the request failed as a whole."""
-        body = b"".join([en.data for en in pending])
+        body = b"".join([en[3] for en in pending])
         try:
             resp = await self._client.request(
                 "POST", "/_bulk", body, {"Content-Type": "application/x-ndjson"}

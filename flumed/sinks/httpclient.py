@@ -147,7 +147,7 @@ class HttpClient:
         )
         # A batch goes to one host at a time: a few connections suffice; limit_per_host
         # bounds what an agent can open against a cluster.
-        connector = aiohttp.TCPConnector(ssl=ctx if ctx is not None else False, limit=16)
+        connector = aiohttp.TCPConnector(ssl=ctx if ctx is not None else True, limit=16)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=True
         )
@@ -180,10 +180,11 @@ class HttpClient:
         for i in range(n):
             base = self.bases[(self._current + i) % n]
             try:
+                # No redirects: a sink posts where it was told to, and a 3xx is an answer.
                 async with self._session.request(
-                    method, base + path, data=data, headers=hdrs
+                    method, base + path, data=data, headers=hdrs, allow_redirects=False
                 ) as resp:
-                    content = await resp.read()
+                    content = await _read_capped(resp)
                     self._current = (self._current + i) % n
                     return Response(resp.status, content, base)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -196,6 +197,24 @@ class HttpClient:
         if session is not None:
             with contextlib.suppress(Exception):
                 await session.close()
+
+
+#: The largest answer read (a `_bulk` answer for 10,000 failed items is a few MB); a
+#: server sending more is treated as not answering.
+MAX_ANSWER = 64 * 1024 * 1024
+
+
+class AnswerTooLarge(OSError):
+    """The server's answer exceeded MAX_ANSWER bytes."""
+
+
+async def _read_capped(resp: Any) -> bytes:
+    out = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        out += chunk
+        if len(out) > MAX_ANSWER:
+            raise AnswerTooLarge(f"answer larger than {MAX_ANSWER} bytes")
+    return bytes(out)
 
 
 def _describe(e: BaseException) -> str:
