@@ -267,6 +267,18 @@ async def test_whole_request_failure_rolls_back(answer):
         await sink.stop()
 
 
+async def test_refused_request_rolls_back_with_the_longest_backoff():
+    async with BulkServer(request_policy=lambda n: (401, b"")) as srv:
+        ch = await make_channel()
+        sink = await make_sink(ch, srv.url, username="elastic", password="wrong")
+        await put(ch, [Event(b"a")])
+        with pytest.raises(DeliveryError, match="HTTP 401") as e:
+            await sink.process()
+        assert e.value.retriable is False and ch.size == 1
+        assert srv.headers[0]["Authorization"] == "Basic ZWxhc3RpYzp3cm9uZw=="
+        await sink.stop()
+
+
 async def test_slow_server_times_out_and_next_host_is_tried():
     async with BulkServer(request_policy=lambda n: "hang") as slow, BulkServer() as good:
         ch = await make_channel()
@@ -290,8 +302,9 @@ async def test_no_host_answers():
 
 
 async def test_api_key_gzip_https(tmp_path):
-    trustme = pytest.importorskip("trustme")
     import ssl
+
+    import trustme  # a test dependency
 
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

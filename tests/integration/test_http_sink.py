@@ -230,7 +230,8 @@ async def test_headers_escapes_auth_gzip_and_content_type():
 
 
 async def test_https_with_ca_file(tmp_path):
-    trustme = pytest.importorskip("trustme")
+    import trustme  # a test dependency
+
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     server_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
@@ -294,6 +295,31 @@ async def test_connection_reset_rolls_back():
         assert ch.size == 1
         assert await sink.process() is Status.READY
         assert srv.accepted == [b"r"]
+        await sink.stop()
+
+
+async def test_redirect_is_an_answer_not_followed():
+    async with Recorder(lambda n, r, b: (302, b"") if r.path == "/in" else 200) as srv:
+        ch = await make_channel()
+        sink = await make_sink(ch, srv.url + "/in")
+        await put(ch, [Event(b"x")])
+        with pytest.raises(DeliveryError, match="HTTP 302"):
+            await sink.process()  # Flume's defaults for a 3XX: roll back, back off
+        assert srv.requests == 1 and ch.size == 1
+        await sink.stop()
+
+
+async def test_oversized_answer_counts_as_no_answer(monkeypatch):
+    from flumed.sinks import httpclient
+
+    monkeypatch.setattr(httpclient, "MAX_ANSWER", 1000)
+    async with Recorder(lambda n, r, b: (200, b"x" * 5000)) as srv:
+        ch = await make_channel()
+        sink = await make_sink(ch, srv.url)
+        await put(ch, [Event(b"x")])
+        with pytest.raises(DeliveryError, match="answer larger than 1000 bytes"):
+            await sink.process()
+        assert ch.size == 1
         await sink.stop()
 
 
