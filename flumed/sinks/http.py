@@ -14,8 +14,10 @@ As Flume, one event is one POST of its body (`batchSize` 1: one event per take).
   event as `{"headers": {...}, "body": "..."}` (the JSON that Flume's HTTP source
   accepts), one per line or in one array; the decision applies to the whole batch.
 - With `batchSize` > 1 and no `batch.format`, the events of a take are POSTed one after
-  another; the first answer that rolls back stops the take and rolls it all back (the
-  events already posted are posted again: duplicates bounded by `batchSize`).
+  another. The first one's answer acts as in Flume. A later event whose answer rolls
+  back (or that gets no answer) is sent again in place, after the backoff its answer
+  asks for, so events already delivered are not sent again; a stop meanwhile rolls the
+  take back (duplicates bounded by `batchSize`).
 - `headers.NAME = VALUE`: request headers, `%{name}` in VALUE replaced by that event
   header (in batch mode, of the first event).
 - A 2XX answer commits, does not back off and counts as drained unless a `*.CODE` key
@@ -227,6 +229,50 @@ class HttpSink(BatchSink):
             raise
         return resp.status
 
+    async def _send(self, group: list[Event], body: bytes, first: bool) -> tuple[int, bool, bool]:
+        """POST one request and decide: (status, backoff, rollback).
+
+        The first request of a take follows Flume exactly. A later one (one event per
+        request, `batchSize` > 1) is resent in place while its answer says roll back, or
+        no answer comes, waiting first when the answer says back off: rolling the take
+        back would resend the events already delivered, and at a steady failure rate a
+        take of many requests would never complete. A stop ends that; the take then
+        rolls back.
+
+        Raises:
+            DeliveryError: no answer to the first request.
+        """
+        counter = self.counter
+        while True:
+            try:
+                status = await self._post(group, body)
+            except DeliveryError as e:
+                if first or self._stopping.is_set():
+                    raise
+                counter.EventRetryCount += 1
+                self._warn.warn("%s; sending it again", e)
+                await self._backoff.wait(self._stopping)
+                if self._stopping.is_set():
+                    raise
+                continue
+            b, r, m = self.decide(status)
+            if m:
+                counter.EventDrainSuccessCount += len(group)
+            if not r or first or self._stopping.is_set():
+                return status, b, r
+            counter.EventRetryCount += 1
+            counter.EventWriteFail += 1
+            self._warn.warn(
+                "http sink %s: HTTP %d from %s; sending the event again",
+                self.name,
+                status,
+                self.config.endpoint,
+            )
+            if b:
+                await self._backoff.wait(self._stopping)
+            if self._stopping.is_set():
+                return status, b, r
+
     async def process(self) -> Status:
         """One take: post, then commit or roll back as the answers decide.
 
@@ -250,12 +296,9 @@ class HttpSink(BatchSink):
             set_aside: list[dict[str, Any]] = []
             status = 0
             single = self.config.batch_format == "none"
-            for group in groups:
+            for i, group in enumerate(groups):
                 body = group[0].body if single else self._body(group)
-                status = await self._post(group, body)
-                b, r, m = self.decide(status)
-                if m:
-                    counter.EventDrainSuccessCount += len(group)
+                status, b, r = await self._send(group, body, first=i == 0)
                 backoff = backoff or b
                 if r:
                     rollback = True

@@ -171,6 +171,8 @@ class HttpClient:
         """
         import aiohttp
 
+        if self._session is None:
+            raise DeliveryError(f"{self.who}: the HTTP client is closed (sink stopping)")
         hdrs = {**self._headers, **(headers or {})}
         data = body
         if body is not None and self.keys.compression == "gzip":

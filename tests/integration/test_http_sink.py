@@ -165,16 +165,53 @@ async def test_status_paths_commit_rollback_backoff_metrics(
         await sink.stop()
 
 
-async def test_first_rollback_stops_the_take_and_rolls_it_all_back():
-    async with Recorder(lambda n, r, b: 503 if b == b"2" else 200) as srv:
+async def test_rollback_of_the_first_request_rolls_the_take_back():
+    async with Recorder(lambda n, r, b: 503 if b == b"0" else 200) as srv:
         ch = await make_channel()
         sink = await make_sink(ch, srv.url, batchSize=5)
         await put(ch, [Event(b"%d" % i) for i in range(5)])
         with pytest.raises(DeliveryError):
             await sink.process()
-        assert [b for _, b in srv.received] == [b"0", b"1", b"2"]
+        assert [b for _, b in srv.received] == [b"0"]
         assert await drain(ch) == [b"0", b"1", b"2", b"3", b"4"]
         await sink.stop()
+
+
+async def test_later_event_is_resent_in_place_not_the_whole_take():
+    tries: Counter[bytes] = Counter()
+
+    def policy(n: int, r: Any, b: bytes) -> Any:
+        tries[b] += 1
+        if b == b"2" and tries[b] <= 2:
+            return 503
+        if b == b"3" and tries[b] == 1:
+            return "reset"
+        return 200
+
+    async with Recorder(policy) as srv:
+        ch = await make_channel()
+        sink = await make_sink(ch, srv.url, batchSize=5)
+        await put(ch, [Event(b"%d" % i) for i in range(5)])
+        assert await sink.process() is Status.READY
+        assert [b for _, b in srv.received] == [b"0", b"1", b"2", b"2", b"2", b"3", b"3", b"4"]
+        assert srv.accepted == [b"0", b"1", b"2", b"3", b"4"] and ch.size == 0
+        assert sink.counter.EventRetryCount == 3
+        await sink.stop()
+
+
+async def test_stop_during_in_place_resends_rolls_the_take_back():
+    import asyncio
+
+    async with Recorder(lambda n, r, b: 503 if b == b"2" else 200) as srv:
+        ch = await make_channel()
+        sink = await make_sink(ch, srv.url, batchSize=5)
+        await put(ch, [Event(b"%d" % i) for i in range(5)])
+        task = asyncio.create_task(sink.process())
+        await wait_until(lambda: srv.requests >= 6, 30, "a few resends")
+        await sink.stop()
+        with pytest.raises(DeliveryError):
+            await task
+        assert await drain(ch) == [b"0", b"1", b"2", b"3", b"4"]
 
 
 # -- batch mode ---------------------------------------------------------------------------
@@ -391,3 +428,29 @@ def test_passwordfile_missing_is_a_start_error(tmp_path: Path):
     )
     with pytest.raises(ComponentStartError, match="passwordFile"):
         asyncio.run(sink.start())
+
+
+@pytest.mark.slow
+async def test_one_event_per_request_through_a_failing_server():
+    """Flume's mode (a POST per event), takes of 100, 5% of answers 503/500/429 set to
+    roll back without backoff (as Flume's `backoff.5XX = false` does): every number
+    arrives; a rolled-back take resends at most its 100 events."""
+    total = 5_000
+    policy = random_policy(13, 0.05, [503, 500, 429])
+    async with Recorder(lambda n, r, b: policy() or 200) as srv:
+        doc = _agent_doc(srv.url, "none", 100)
+        doc["agents"]["a1"]["sources"]["r1"]["totalEvents"] = total
+        sink_keys = doc["agents"]["a1"]["sinks"]["k1"]
+        sink_keys["backoff"] = {"5XX": "false", "429": "false"}
+        agent = Agent(build_agent(doc, "a1", "test"))
+        await agent.start()
+        sink = agent.sinks["k1"]
+        try:
+            await wait_until(lambda: len(set(srv.accepted)) >= total, 120, "every number")
+        finally:
+            await agent.stop()
+        seen = Counter(int(b) for b in srv.accepted)
+        assert set(seen) == set(range(total))
+        assert srv.failed_requests > 0
+        assert sum(c - 1 for c in seen.values()) <= srv.failed_requests * 100
+        assert sink.counter.EventDrainSuccessCount == len(srv.accepted)
