@@ -544,6 +544,16 @@ class ElasticSearchSink(BatchSink):
             self.counter.EventWriteFail += 1
             self.counter.ConnectionFailedCount += 1
             raise
+        if resp.status == 413:
+            # Over the server's http.max_content_length: halve until each part fits; a
+            # document too large alone is set aside.
+            if len(pending) == 1:
+                set_aside.append(self._dead_record(pending[0], 413, "request entity too large"))
+                return []
+            half = len(pending) // 2
+            return await self._bulk(pending[:half], set_aside) + await self._bulk(
+                pending[half:], set_aside
+            )
         if resp.status != 200:
             self.counter.EventWriteFail += 1
             raise DeliveryError(

@@ -240,6 +240,22 @@ async def test_items_failing_past_retries_roll_back(tmp_path):
         await sink.stop()
 
 
+async def test_request_too_large_is_halved_and_a_huge_document_set_aside(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    async with BulkServer(max_content_length=2000) as srv:
+        ch = await make_channel()
+        sink = await make_sink(ch, srv.url, batchSize=40, deadLetter={"path": str(dead)},
+                               indexType="")  # fmt: skip
+        events = [Event(b"%d" % i) for i in range(40)]
+        events[17] = Event(b"x" * 5000)
+        await put(ch, events)
+        assert await sink.process() is Status.READY
+        assert len(srv.docs) == 39
+        (line,) = dead_lines(dead)
+        assert line["status"] == 413 and line["body"] == "x" * 5000
+        await sink.stop()
+
+
 async def test_unindexable_event_goes_to_dead_letter(tmp_path):
     dead = tmp_path / "dead.jsonl"
     async with BulkServer() as srv:

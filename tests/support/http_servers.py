@@ -159,8 +159,10 @@ class BulkServer(_Base):
         request_policy: Callable[[int], Answer | None] | None = None,
         version: str = "8.13.0",
         keep: bool = True,
+        max_content_length: int = 100 * 1024 * 1024,
     ) -> None:
         super().__init__()
+        self.max_content_length = max_content_length
         self.item_policy = item_policy
         self.request_policy = request_policy
         self.version = version
@@ -187,6 +189,8 @@ class BulkServer(_Base):
         self.requests += 1
         self.headers.append(dict(request.headers))
         body = await self.body_of(request)
+        if len(body) > self.max_content_length:
+            return web.Response(status=413, text="Request Entity Too Large")
         if self.request_policy is not None:
             answer = self.request_policy(n)
             if answer is not None:
