@@ -17,7 +17,8 @@ document `_id` from that event header), `retries`, `deadLetter.path`.
 
 Per take: one `_bulk` request. Items answered 429 or 5xx are sent again (only they), after
 a growing pause, up to `retries` times within the same transaction; items refused for
-good (400 mapping errors and every other 4xx), and events the serializer cannot turn into
+good (400 mapping errors and every other 4xx), documents too large alone (413; a 413
+request is first halved until it fits), and events the serializer cannot turn into
 a document (a `timestamp` header that is not a number), are written to the dead-letter
 file (one JSON line each: the event, the document, the index, the status and the error)
 and counted as EventDeadLetterCount. The take commits only once every item is indexed or

@@ -141,9 +141,12 @@ _quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _escape(template: str, headers: dict[str, str]) -> str:
+    """`%{name}` replaced by that event header; CR/LF become spaces (a header value
+    cannot hold them, and an event must not be able to add request headers)."""
     if "%{" not in template:
         return template
-    return _ESCAPE.sub(lambda m: headers.get(m[1], ""), template)
+    out = _ESCAPE.sub(lambda m: headers.get(m[1], ""), template)
+    return out.replace("\r", " ").replace("\n", " ") if "\r" in out or "\n" in out else out
 
 
 class HttpSink(BatchSink):

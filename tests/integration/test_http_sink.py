@@ -254,9 +254,13 @@ async def test_headers_escapes_auth_gzip_and_content_type():
             password="p",
             compression="gzip",
         )
-        await put(ch, [Event(b"payload", {"host": "web1"})])
+        await put(
+            ch, [Event(b"payload", {"host": "web1"}), Event(b"p2", {"host": "a\r\nX-Evil: 1"})]
+        )
         await sink.process()
-        (h, body), = srv.received  # fmt: skip
+        await sink.process()
+        (h, body), (h2, _) = srv.received  # fmt: skip
+        assert h2["X-Host"] == "a  X-Evil: 1" and "X-Evil" not in h2
         # aiohttp's server decompresses by Content-Encoding: a plain body would be a 400.
         assert body == b"payload"
         assert h["Content-Encoding"] == "gzip"
