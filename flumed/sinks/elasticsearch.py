@@ -44,7 +44,6 @@ from flumed.config.keys import key, prefix
 from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.lifecycle import Backoff
-from flumed.logs import RateLimitedLog
 from flumed.sinks.base import BatchSink
 from flumed.sinks.httpclient import (
     DeadLetterFile,
@@ -386,7 +385,6 @@ class ElasticSearchSink(BatchSink):
         self._actions: dict[tuple[str, str], bytes] = {}
         self._stopping = asyncio.Event()
         self.retry_backoff = Backoff(0.2, 5.0)
-        self._warn = RateLimitedLog(log)
         if cfg.ttl:
             log.warning(
                 "%s: key 'ttl' (%s) is ignored: Elasticsearch removed _ttl in 5.0; "

@@ -55,7 +55,6 @@ from flumed.config.keys import ignored, key, prefix
 from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.lifecycle import Backoff
-from flumed.logs import RateLimitedLog
 from flumed.sinks.base import BatchSink
 from flumed.sinks.httpclient import (
     DeadLetterFile,
@@ -366,7 +365,6 @@ class HBaseSink(BatchSink):
         self._checked = False
         self._stopping = asyncio.Event()
         self.retry_backoff = Backoff(0.2, 5.0)
-        self._warn = RateLimitedLog(log)
         if cfg.async_keys:
             log.warning("%s: keys async.* are ignored (asynchbase client settings).", who)
 

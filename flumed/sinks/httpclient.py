@@ -137,7 +137,6 @@ class HttpClient:
         elif k.apiKey:
             self._headers["Authorization"] = f"ApiKey {k.apiKey}"
         if k.compression == "gzip":
-            self._headers["Content-Encoding"] = "gzip"
             self._headers["Accept-Encoding"] = "gzip"
         ctx: ssl.SSLContext | None = None
         if any(b.startswith("https:") for b in self.bases):
@@ -177,6 +176,7 @@ class HttpClient:
         data = body
         if body is not None and self.keys.compression == "gzip":
             data = gzip.compress(body, compresslevel=1)
+            hdrs["Content-Encoding"] = "gzip"
         errors = []
         n = len(self.bases)
         for i in range(n):
