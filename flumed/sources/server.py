@@ -39,7 +39,7 @@ log = logging.getLogger("flumed.sources")
 #: not read.
 HIGH_WATER = 1 << 20
 #: The most input handed to a connection's task at once (bounds the events alive per read).
-READ_MAX = 256 << 10
+READ_MAX = 64 << 10
 #: Defaults of the keys below.
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 600.0

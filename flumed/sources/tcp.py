@@ -143,6 +143,7 @@ class StreamConnection(asyncio.Protocol):
             if self.eof or self.stopping:
                 return None
             flow.release(FlowControl.INPUT)
+            self.wakeup.clear()
             limit = cfg.frame_timeout if partial else cfg.idle_timeout
             if not await self._wait(self.wakeup, limit):
                 what = "a message unfinished" if partial else "the connection idle"
@@ -152,7 +153,6 @@ class StreamConnection(asyncio.Protocol):
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
             self.buffered = 0
-            self.wakeup.clear()
         else:
             parts = []
             n = 0
