@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,7 +109,7 @@ channels = ["c1"]
 {SINK}""")
 
     async def attack() -> tuple[int, int]:
-        sent, (r, w) = await flood(port, b"\n" * 65536, 16 * MB)
+        sent, (_r, w) = await flood(port, b"\n" * 65536, 16 * MB)
         # Another client is served while the flooder is paused.
         good = await asyncio.to_thread(netcat_lines, port, 1000)
         # The flooder is closed once it has left its answers unread for frame-timeout.
