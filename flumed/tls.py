@@ -210,8 +210,9 @@ class ServerTlsKeys:
     )
     include_protocols: list[str] = key([], name="include-protocols")
 
-    def tls_problems(self) -> list[str]:
-        """Config check of these keys (pure)."""
+    def tls_problems(self, cert_key: str = "certificate") -> list[str]:
+        """Config check of these keys (pure). `cert_key`: the certificate's key name as
+        the source's Flume documentation spells it (`keystore` for thrift)."""
         problems = []
         java = self.keystore_type.upper() != "PEM" or (
             self.certificate is not None and self.certificate.lower().endswith(_JAVA_STORES)
@@ -224,9 +225,12 @@ class ServerTlsKeys:
                 "and set 'certificate' and 'key'"
             )
         elif self.ssl and not self.certificate:
+            # Each source's wording as before: "key 'certificate'" / Flume thrift's 'keystore'.
+            named = "key 'certificate'" if cert_key == "certificate" else f"'{cert_key}'"
+            alias = "keystore" if cert_key == "certificate" else "certificate"
             problems.append(
-                "ssl = true needs 'keystore' or 'certificate' (a PEM file with the "
-                "certificate chain)"
+                f"ssl = true needs {named} (a PEM file with the certificate chain; "
+                f"alias '{alias}')"
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 

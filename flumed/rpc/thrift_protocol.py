@@ -845,3 +845,52 @@ def _status(mtype: int, status: int | None, message: str, kind: int) -> Status:
         return Status(status)
     except ValueError:
         return Status.UNKNOWN
+
+
+class FrameDecoder:
+    """Splits a byte stream into Thrift framed-transport messages (4-byte big-endian length,
+    then the message): `feed()` returns complete (0, message) pairs, as PackDecoder does.
+
+    Raises:
+        ProtocolError: a frame of length 0 or over `max_frame` (checked from the length,
+            before the frame is buffered), with a hint when the client seems not to frame.
+    """
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a frame is buffered."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        out: list[tuple[int, bytes]] = []
+        while end - pos >= 4:
+            n = int.from_bytes(buf[pos : pos + 4], "big")
+            if n == 0 or n > self.max_frame:
+                raise ProtocolError(self._bad_length(n, bytes(buf[pos : pos + 4])))
+            if end - pos - 4 < n:
+                break
+            out.append((0, bytes(buf[pos + 4 : pos + 4 + n])))
+            pos += 4 + n
+        if pos:
+            del buf[:pos]
+        return out
+
+    def _bad_length(self, n: int, head: bytes) -> str:
+        if n == 0:
+            return "empty frame (length 0)"
+        why = f"frame of {n} bytes exceeds max-frame-bytes {self.max_frame}"
+        if head[0] in (0x80, 0x82):
+            return why + " (the client seems to send unframed Thrift; Flume's is framed)"
+        if n > 0x7FFFFFFF or head.isascii():
+            return why + f" (not Thrift framed transport? it began with {head!r})"
+        return why
