@@ -224,13 +224,12 @@ class ServerTlsKeys:
                 "`keytool -importkeystore -deststoretype PKCS12` then `openssl pkcs12 -nodes`) "
                 "and set 'certificate' and 'key'"
             )
-        elif self.ssl and not self.certificate:
+        if self.ssl and not self.certificate:
             # Each source's wording as before: "key 'certificate'" / Flume thrift's 'keystore'.
             named = "key 'certificate'" if cert_key == "certificate" else f"'{cert_key}'"
             alias = "keystore" if cert_key == "certificate" else "certificate"
             problems.append(
-                f"ssl = true needs {named} (a PEM file with the certificate chain; "
-                f"alias '{alias}')"
+                f"ssl = true needs {named} (a PEM file with the certificate chain; alias '{alias}')"
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 

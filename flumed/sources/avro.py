@@ -167,7 +167,9 @@ class AvroSource(RpcServerSource):
             # Well-formed but too large: refused with an error, nothing committed, the
             # connection goes on.
             self.counter.EventReadFail += 1
-            self._warn("Source %s: refused a request from %s: %s.", self.name, conn.peer, e)
+            self._warn(
+                "Source %s: refused a request from %s: %s.", self.name, conn.peer, e, kind="limit"
+            )
             return encode_error_response(str(e), handshake), None
         except ProtocolError as e:
             return encode_error_response(

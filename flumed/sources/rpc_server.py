@@ -310,7 +310,7 @@ class RpcServerSource(ListeningSource):
     async def start(self) -> None:
         cfg = self.config
         await self._listen(cfg.bind, [cfg.port], lambda: RpcConnection(self))
-        log.info(
+        self.log.info(
             "Source %s listening on %s:%d (%s%s).",
             self.name,
             cfg.bind,
@@ -354,14 +354,16 @@ class RpcServerSource(ListeningSource):
 
     def _refuse(self, ip: str) -> None:
         self.counter.ConnectionRefusedCount += 1
-        self._warn("Source %s: connection from %s refused by ipFilterRules.", self.name, ip)
+        self._warn(
+            "Source %s: connection from %s refused by ipFilterRules.", self.name, ip, kind="refused"
+        )
 
     # -- serving a connection --------------------------------------------------------------
     def _served(self, task: asyncio.Task[None]) -> None:
         """Done callback of every connection task: a crash is a bug, logged, not lost."""
         if not task.cancelled() and task.exception() is not None:
             self.counter.GenericProcessingFail += 1
-            log.error(
+            self.log.error(
                 "Source %s: serving a connection failed.", self.name, exc_info=task.exception()
             )
 
@@ -428,10 +430,9 @@ class RpcServerSource(ListeningSource):
             if event.is_set():
                 return
             conn.fail(f"the peer {why}" + ("" if idle else " (half-open connection?)"))
-            if idle:
-                conn.timed_out = True
-            else:
-                self.counter.ConnectionTimedOutCount += 1
+            conn.timed_out = True
+            if not idle:
+                self.counter.EventReadFail += 1  # a begun frame left hanging is bad input
 
     async def _commit(self, conn: RpcConnection, events: list[Event], batch: bool) -> bool:
         """Put `events` into the channels; True when committed (answer OK), False when
@@ -454,11 +455,12 @@ class RpcServerSource(ListeningSource):
                     n,
                     conn.peer,
                     e,
+                    kind="channel",
                 )
                 return False
             except Exception:
                 counter.GenericProcessingFail += 1
-                log.exception(
+                self.log.exception(
                     "Source %s: putting %d events failed; answering FAILED.", self.name, n
                 )
                 return False

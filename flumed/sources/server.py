@@ -153,8 +153,9 @@ class ListeningSource(Source):
         self._connections: set[Any] = set()
         self._listeners: list[Listener] = []
         self._stopping = asyncio.Event()
-        self._warnings = RateLimitedLog(log, interval=1.0)
-        self._limit_log = RateLimitedLog(log, interval=1.0)
+        self.log = logging.getLogger(type(self).__module__)
+        # One rate limit per kind of warning, so that one kind cannot hide another.
+        self._logs: dict[str, RateLimitedLog] = {}
         #: The ports actually bound (port 0 asks the kernel for one).
         self.ports: list[int] = []
 
@@ -162,8 +163,16 @@ class ListeningSource(Source):
     def port(self) -> int:
         return self.ports[0] if self.ports else 0
 
-    def _warn(self, msg: str, *args: object) -> None:
-        self._warnings.warn(msg, *args)
+    def _rate_limited(self, kind: str) -> RateLimitedLog:
+        rl = self._logs.get(kind)
+        if rl is None:
+            rl = self._logs[kind] = RateLimitedLog(self.log, interval=1.0, burst=10)
+        return rl
+
+    def _warn(self, msg: str, *args: object, kind: str = "input") -> None:
+        """One warning line, at most one a second per `kind` (a fixed word: input,
+        timeout, limit, channel, refused, accept), with the count held back."""
+        self._rate_limited(kind).warn(msg, *args)
 
     def _drop(self, peer: str, reason: str) -> None:
         """Count and log (rate-limited) a connection closed for its input."""
@@ -172,7 +181,9 @@ class ListeningSource(Source):
 
     def _timed_out(self, peer: str, reason: str) -> None:
         self.counter.ConnectionTimedOutCount += 1
-        self._warn("Source %s: closing connection from %s: %s.", self.name, peer, reason)
+        self._warn(
+            "Source %s: closing connection from %s: %s.", self.name, peer, reason, kind="timeout"
+        )
 
     async def _listen(
         self,
@@ -207,7 +218,7 @@ class ListeningSource(Source):
         if len(self._connections) + pending < cap:
             return True
         self.counter.ConnectionRefusedCount += 1
-        self._limit_log.warn(
+        self._rate_limited("refused").warn(
             "Source %s: refused a connection from %s: %d connections open (maxConnections).",
             self.name,
             peer,
@@ -217,7 +228,7 @@ class ListeningSource(Source):
 
     def _accept_failed(self, e: OSError) -> None:
         self.counter.AcceptFailCount += 1
-        self._limit_log.log(
+        self._rate_limited("accept").log(
             logging.ERROR,
             "Source %s: cannot accept connections: %s (raise the file descriptor limit, "
             "LimitNOFILE=, or lower maxConnections); retrying.",
