@@ -26,7 +26,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flumed.config.keys import key
 from flumed.logs import RateLimitedLog
@@ -49,6 +49,13 @@ ACCEPT_BATCH = 64
 #: Pause of a listener after accept() failed for lack of descriptors or memory.
 ACCEPT_RETRY = 0.5
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def kw_only(f: Any) -> Any:
+    """Mark a `key()` field keyword-only: for a config that overrides a mixin's key (its
+    default) after its own required keys."""
+    f.kw_only = True
+    return f
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +144,21 @@ class FlowControl:
         self.release(self.ANSWERS)
 
 
+class AcceptOwner(Protocol):
+    """What a Listener needs of whoever owns it (a ListeningSource, the metrics endpoint)."""
+
+    _stopping: asyncio.Event
+
+    @property
+    def handshake_timeout(self) -> float: ...
+
+    def _admit(self, peer: str) -> bool: ...
+
+    def _accept_failed(self, e: OSError) -> None: ...
+
+    def _drop(self, peer: str, reason: str) -> None: ...
+
+
 class ListeningSource(Source):
     """Base of the sources that accept TCP connections.
 
@@ -162,6 +184,11 @@ class ListeningSource(Source):
     @property
     def port(self) -> int:
         return self.ports[0] if self.ports else 0
+
+    @property
+    def handshake_timeout(self) -> float:
+        """Seconds a TLS handshake may take (frame-timeout)."""
+        return float(self.config.frame_timeout)
 
     def _rate_limited(self, kind: str) -> RateLimitedLog:
         rl = self._logs.get(kind)
@@ -204,6 +231,10 @@ class ListeningSource(Source):
             await self._close_listeners()
             raise
 
+    def _pending(self) -> int:
+        """Accepted sockets still being attached (in their TLS handshake)."""
+        return sum(len(lst.attaching) for lst in self._listeners)
+
     async def _close_listeners(self) -> None:
         """Stop accepting (connections already made go on)."""
         for lst in self._listeners:
@@ -214,8 +245,7 @@ class ListeningSource(Source):
     def _admit(self, peer: str) -> bool:
         """Called by a listener for each accepted socket: False refuses it (the cap)."""
         cap = self.config.maxConnections
-        pending = sum(len(lst.attaching) for lst in self._listeners)
-        if len(self._connections) + pending < cap:
+        if len(self._connections) + self._pending() < cap:
             return True
         self.counter.ConnectionRefusedCount += 1
         self._rate_limited("refused").warn(
@@ -242,7 +272,7 @@ class Listener:
 
     def __init__(
         self,
-        source: ListeningSource,
+        source: AcceptOwner,
         factory: Callable[[], asyncio.BaseProtocol],
         ssl_context: ssl.SSLContext | None,
     ) -> None:
@@ -325,7 +355,7 @@ class Listener:
                     self.factory,
                     conn,
                     ssl=self.ssl,
-                    ssl_handshake_timeout=src.config.frame_timeout,
+                    ssl_handshake_timeout=src.handshake_timeout,
                 )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
             conn.close()
