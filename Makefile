@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench cov clean install-systemd
+.PHONY: install run test lint format bench cov clean install-systemd docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# Rewrites docs/reference/*.md from the components' key declarations.
+docs: $(STAMP)
+	$(PY) -m flumed.docgen
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from flumed import registry
 from flumed.channels.base import Channel
 from flumed.config.graph import AgentSpec, SinkGroupSpec
 from flumed.counters import Counter
@@ -46,17 +47,20 @@ class Agent:
     def _make_channel(self, name: str) -> Channel:
         s = self.spec.channels[name]
         ch: Channel = s.cls(name, s.config)
+        ch.counter.component_type = _type_label("channels", s.type)
         return ch
 
     def _make_sink(self, name: str) -> Sink:
         s = self.spec.sinks[name]
         sink: Sink = s.cls(name, s.config)
+        sink.counter.component_type = _type_label("sinks", s.type)
         sink.channel = self.channels[s.channel]
         return sink
 
     def _make_source(self, name: str) -> Source:
         s = self.spec.sources[name]
         src: Source = s.cls(name, s.config)
+        src.counter.component_type = _type_label("sources", s.type)
         chans = [self.channels[c] for c in s.channels]
         icpts = [i.cls(i.name, i.config) for i in s.interceptors]
         src.processor = ChannelProcessor(build_selector(chans, s.selector), icpts)
@@ -214,6 +218,11 @@ class Agent:
         out.update({f"CHANNEL.{n}": c.state.value for n, c in self.channels.items()})
         out.update({f"SINK.{n}": s.state.value for n, s in self.sinks.items()})
         return out
+
+
+def _type_label(kind: str, type_name: str) -> str:
+    """The short type name for metrics labels (a Flume class name becomes `netcat` ...)."""
+    return registry.canonical(kind, type_name) or type_name
 
 
 async def _start(component: Any, kind: str) -> None:

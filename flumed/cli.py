@@ -12,13 +12,14 @@ import signal
 import sys
 from pathlib import Path
 
-from flumed import registry, systemd
+from flumed import __version__, registry, systemd
 from flumed.agent import DEFAULT_GRACE, Agent
 from flumed.config.graph import AgentSpec, agent_names, build_agent
-from flumed.config.loader import load_document
-from flumed.config.properties import parse_properties, properties_to_document, to_toml
+from flumed.config.loader import is_properties, load_document
+from flumed.config.properties import properties_to_document, to_toml
 from flumed.errors import ComponentStartError, ConfigError
-from flumed.logs import setup_logging
+from flumed.health import DEFAULT_HEALTH_GRACE, HealthCheck
+from flumed.logs import FORMATS, LEVELS, setup_logging
 from flumed.metrics import MetricsServer
 
 log = logging.getLogger("flumed")
@@ -70,8 +71,16 @@ class AgentProcess:
             log.error("%s", e)
             return 1
         if args.metrics_port is not None:
+            check = HealthCheck(self.agent, args.health_grace)
             self.metrics = MetricsServer(
-                args.metrics_bind, args.metrics_port, spec.name, self._counters, self._health
+                args.metrics_bind,
+                args.metrics_port,
+                spec.name,
+                self._counters,
+                self._health,
+                check.report,
+                tap=args.tap,
+                tap_remote=args.tap_remote,
             )
             try:
                 await self.metrics.start()
@@ -142,7 +151,11 @@ def tune_gc() -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
+    try:
+        setup_logging(args.log_level, args.log_format)
+    except ValueError as e:
+        print(f"flumed agent: {e}", file=sys.stderr)
+        return 2
     _install_loop()
     tune_gc()
     return asyncio.run(AgentProcess(args).run())
@@ -188,13 +201,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"{args.file}: cannot read: {e.strerror}", file=sys.stderr)
         return 1
-    parse_properties(text)
-    sys.stdout.write(to_toml(properties_to_document(text)))
+    if not is_properties(Path(args.file), text):
+        print(
+            f"{args.file}: looks like TOML already; `flumed convert` reads a Flume "
+            ".properties file (`flumed validate -f` checks a TOML file)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        sys.stdout.write(to_toml(properties_to_document(text)))
+    except ConfigError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 1
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flumed", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="flumed",
+        description=__doc__,
+        epilog="Environment: FLUMED_LOG_LEVEL, FLUMED_LOG_FORMAT (defaults for `agent`).",
+    )
+    p.add_argument("--version", action="version", version=f"flumed {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="run one agent")
@@ -209,7 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
-    a.add_argument("--log-level", default=os.environ.get("FLUMED_LOG_LEVEL", "INFO"))
+    a.add_argument(
+        "--tap",
+        action="store_true",
+        help="serve GET /tap on the metrics endpoint for `flumed tap` (off by default)",
+    )
+    a.add_argument(
+        "--tap-remote",
+        action="store_true",
+        help="answer /tap to non-loopback clients too (default: loopback only)",
+    )
+    a.add_argument(
+        "--health-grace",
+        type=float,
+        default=DEFAULT_HEALTH_GRACE,
+        help="seconds a sink may fail while its channel holds events before /health "
+        "answers 503 (default %(default)s)",
+    )
+    a.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        default=os.environ.get("FLUMED_LOG_LEVEL", "INFO").upper(),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $FLUMED_LOG_LEVEL or INFO)",
+    )
+    a.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("FLUMED_LOG_FORMAT", "plain"),
+        help="plain: one line an entry; json: one JSON object a line "
+        "(default: $FLUMED_LOG_FORMAT or plain)",
+    )
     a.set_defaults(func=cmd_agent)
 
     v = sub.add_parser("validate", help="check a configuration without starting it")
@@ -235,8 +293,19 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     from flumed.channels.file_recover import add_parser as add_recover_parser
 
     add_recover_parser(sub)
+    from flumed.tap import add_parser as add_tap_parser
+    from flumed.top import add_parser as add_top_parser
+
+    add_top_parser(sub)
+    add_tap_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 1

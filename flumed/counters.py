@@ -20,9 +20,24 @@ class Counter:
 
     TYPE: ClassVar[str] = "OTHER"
     NAMES: ClassVar[tuple[str, ...]] = ()
+    #: Names whose value goes up and down (Prometheus gauges); every other name only grows.
+    GAUGES: ClassVar[frozenset[str]] = frozenset(
+        {
+            "OpenConnectionCount",
+            "ChannelSize",
+            "ChannelCapacity",
+            "ChannelFillPercentage",
+            "StartTime",
+            "StopTime",
+            "Unhealthy",
+            "Closed",
+        }
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: The component's type name (`netcat`, `file` ...), set by the agent; a label.
+        self.component_type = ""
         for n in self.NAMES:
             setattr(self, n, 0)
         self.StartTime = 0

@@ -46,6 +46,22 @@ class Component:
         self.name = name
         self.config = config
         self.state = LifecycleState.IDLE
+        self._problems: dict[str, tuple[str, float]] = {}
+
+    def report_problem(self, what: str, key: str = "") -> None:
+        """Called by the component while something keeps it from working (an unreadable
+        input, positions that cannot be saved ...); `/health` shows it until cleared.
+        Cheap enough to call on every failed attempt: the first report's time is kept."""
+        old = self._problems.get(key)
+        self._problems[key] = (what, old[1] if old else time.time())
+
+    def clear_problem(self, key: str = "") -> None:
+        """Called by the component once the problem reported under `key` is gone."""
+        self._problems.pop(key, None)
+
+    def problems(self) -> list[tuple[str, float]]:
+        """What keeps this component from working now: (what, since as Unix time)."""
+        return list(self._problems.values())
 
     async def start(self) -> None:
         """Called by the agent. Raises on failure (bind error, unreadable file ...)."""

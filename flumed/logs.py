@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -65,12 +66,46 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).replace("\r", "").replace("\n", " | ")
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr, one line an entry. Called once by the CLI."""
-    # Under systemd, journald stamps each line itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers: time, level, logger, message (and the
+    traceback as one string when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("plain", "json")
+
+
+def setup_logging(level: str, fmt: str = "plain") -> None:
+    """Log to stderr, one line an entry (`plain`) or one JSON object a line (`json`).
+    Called once by the CLI.
+
+    Raises:
+        ValueError: an unknown level or format, naming the choices.
+    """
+    if level.upper() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; choose one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(fmt))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        # Under systemd, journald stamps each line itself.
+        text = "%(levelname)s %(name)s: %(message)s"
+        if not os.environ.get("JOURNAL_STREAM"):
+            text = "%(asctime)s " + text
+        formatter = OneLineFormatter(text)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

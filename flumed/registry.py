@@ -91,6 +91,12 @@ SOURCES = _table(
         "Syslog (RFC 3164/5424) over UDP.",
     ),
     T(
+        "stress",
+        "flumed.sources.stress:StressSource",
+        _S + "StressSource",
+        "Fixed-size events as fast as possible or at a set rate, for load tests.",
+    ),
+    T(
         "multiport_syslogtcp",
         "flumed.sources.multiport_syslogtcp:MultiportSyslogTcpSource",
         _S + "MultiportSyslogTCPSource",
@@ -101,6 +107,12 @@ SOURCES = _table(
         "flumed.sources.http:HTTPSource",
         _S + "http.HTTPSource",
         "Events POSTed over HTTP (JSON or blob handlers).",
+    ),
+    T(
+        "amqp",
+        "flumed.sources.amqp:AmqpSource",
+        (),
+        "Consumes a RabbitMQ (AMQP 0-9-1) queue; acks after the channel commit.",
     ),
     T(
         "avro",
@@ -136,6 +148,12 @@ CHANNELS = _table(
         "A durable channel on SQLite (WAL); survives kill -9.",
     ),
     T(
+        "jdbc",
+        "flumed.channels.jdbc:JdbcChannel",
+        _C + "jdbc.JdbcChannel",
+        "Events in a PostgreSQL or MySQL/MariaDB table, shared by agents.",
+    ),
+    T(
         "kafka",
         "flumed.channels.kafka:KafkaChannel",
         _C + "kafka.KafkaChannel",
@@ -151,6 +169,12 @@ SINKS = _table(
         "flumed.sinks.file_roll:RollingFileSink",
         _K + "RollingFileSink",
         "Writes events to files in one directory, rolled by time.",
+    ),
+    T(
+        "amqp",
+        "flumed.sinks.amqp:AmqpSink",
+        (),
+        "Publishes to a RabbitMQ (AMQP 0-9-1) exchange with publisher confirms.",
     ),
     T(
         "avro",
@@ -250,6 +274,12 @@ SELECTORS = _table(
         "flumed.routing.selectors:ReplicatingSelector",
         _C + "ReplicatingChannelSelector",
         "Every event to every channel.",
+    ),
+    T(
+        "load_balancing",
+        "flumed.routing.selectors:LoadBalancingSelector",
+        _C + "LoadBalancingChannelSelector",
+        "Each event to one channel, round robin or random.",
     ),
     T(
         "multiplexing",

@@ -9,6 +9,7 @@ from flumed.channels.base import Channel
 from flumed.counters import SinkCounter
 from flumed.event import Event
 from flumed.lifecycle import Component, Status
+from flumed.tap import HUB
 
 __all__ = ["TAKE_TIMEOUT", "BatchSink", "Sink", "Status"]
 
@@ -86,4 +87,5 @@ class BatchSink(Sink):
             counter.EventDrainAttemptCount += len(events)
             await self.deliver(events)
         counter.EventDrainSuccessCount += len(events)
+        HUB.offer(self.name, events)
         return Status.READY

@@ -11,7 +11,7 @@ from flumed.sinks.base import BatchSink
 
 @dataclass(frozen=True, slots=True)
 class NullSinkConfig:
-    batchSize: int = key(100, ge=1)
+    batchSize: int = key(100, ge=1, doc="Events taken per transaction.")
 
 
 class NullSink(BatchSink):

@@ -60,6 +60,10 @@ class SinkRunner:
         self._drain = True
         self._last_error_log = 0.0
         self.failures = 0
+        #: Unix time of the first failure of the current streak (None while delivering),
+        #: and that streak's last error: read by the health check.
+        self.failing_since: float | None = None
+        self.last_error = ""
 
     @property
     def name(self) -> str:
@@ -75,6 +79,7 @@ class SinkRunner:
             try:
                 status = await self.processor.process()
             except FlumedError as e:
+                self._failed(e)
                 self.failures += 1
                 consecutive += 1
                 self._log_failure(e)
@@ -85,6 +90,7 @@ class SinkRunner:
                     return
                 continue
             except Exception as e:
+                self._failed(e)
                 self.failures += 1
                 consecutive = int(MAX_BACKOFF / BACKOFF_INCREMENT)
                 log.exception("Sink runner %s: unexpected error; backing off.", self.name)
@@ -94,8 +100,14 @@ class SinkRunner:
                     return
                 continue
             consecutive = 0
+            self.failing_since = None
             if self._stopping.is_set() and (status is Status.BACKOFF or not self._drain):
                 return  # drained, or asked to stop after this batch
+
+    def _failed(self, e: Exception) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error = str(e) or type(e).__name__
 
     def _log_failure(self, e: Exception) -> None:
         # One line per failure streak every few seconds, not one per retry.

@@ -70,8 +70,12 @@ def test_lines_in_counters_out(agent_factory, tmp_path):
     base = f"http://127.0.0.1:{agent.metrics_port}"
     with urllib.request.urlopen(base + "/metrics/prometheus") as r:
         text = r.read().decode()
-    assert 'flume_event_accepted_count{agent="a1",type="source",component="r1"} 5000' in text
+    assert (
+        'flume_event_accepted_total{agent="a1",kind="source",type="netcat",component="r1"} 5000'
+        in text
+    )
     assert "# TYPE flume_channel_size gauge" in text
+    _check_prometheus_conventions(text)
     with urllib.request.urlopen(base + "/health") as r:
         health = json.loads(r.read())
     assert health["status"] == "UP"
@@ -188,3 +192,26 @@ def test_bind_failure_is_a_clear_error(agent_factory, tmp_path):
 
 
 del asyncio
+
+
+def _check_prometheus_conventions(text: str) -> None:
+    """Parse with prometheus_client's own parser: every family has HELP and TYPE, every
+    counter sample ends in _total, gauges are gauges, and the labels are all there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families
+    helps = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# HELP ")}
+    types = {ln.split()[2]: ln.split()[3] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+    assert helps == set(types)
+    for fam in families.values():
+        assert fam.documentation, fam.name
+        for sample in fam.samples:
+            assert set(sample.labels) == {"agent", "kind", "type", "component"}, sample
+            if fam.type == "counter":
+                assert sample.name.endswith("_total"), sample.name
+    # The counters the review found mistyped.
+    assert families["flume_open_connection_count"].type == "gauge"
+    assert families["flume_event_read_fail"].type == "counter"
+    assert families["flume_channel_write_fail"].type == "counter"
+    assert families["flume_channel_fill_percentage"].type == "gauge"
