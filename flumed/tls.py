@@ -67,26 +67,6 @@ def protocol_problems(include: Sequence[str], exclude: Sequence[str]) -> list[st
     return []
 
 
-def check_tls(
-    enabled: bool,
-    certificate: str | None,
-    keystore: str | None,
-    include: Sequence[str],
-    exclude: Sequence[str],
-) -> list[str]:
-    """Config check of a TLS server's keys, named as the other TLS sources name them."""
-    problems = []
-    if keystore:
-        problems.append(
-            "key 'keystore': Java keystores are not read by flumed; export the certificate "
-            "and key as PEM (e.g. `keytool -importkeystore -deststoretype PKCS12` then "
-            "`openssl pkcs12 -nodes`) and set 'certificate' and 'key'"
-        )
-    if enabled and not certificate:
-        problems.append("ssl = true needs key 'certificate' (a PEM file)")
-    return problems + protocol_problems(include, exclude)
-
-
 def _limit_versions(ctx: ssl.SSLContext, include: Sequence[str], exclude: Sequence[str]) -> None:
     """Java names a set of protocols; OpenSSL takes a range. Versions below TLS 1.2
     only when named in `include` (Flume's default, excluding SSLv3 only, would lower

@@ -21,6 +21,7 @@ and docs/security.md). The server side is flumed.sources.rpc_server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,7 +43,7 @@ from flumed.rpc.avro_protocol import (
 )
 from flumed.rpc.ipfilter import IpFilter, parse_rules
 from flumed.rpc.stream import Layer, StreamError, build_layers
-from flumed.sources.rpc_server import RpcConnection, RpcServerSource
+from flumed.sources.rpc_server import DECODE_OFF_LOOP, RpcConnection, RpcServerSource
 from flumed.sources.server import ListenerKeys
 from flumed.tls import TLS_IGNORED, ServerTlsKeys
 
@@ -148,9 +149,11 @@ class AvroSource(RpcServerSource):
             r.read_map_bytes()
             message = r.read_string()
             if message == "appendBatch":
-                events = r.read_events(
-                    cfg.max_batch_events, cfg.max_event_headers, cfg.max_batch_headers
-                )
+                limits = (cfg.max_batch_events, cfg.max_event_headers, cfg.max_batch_headers)
+                if r.remaining > DECODE_OFF_LOOP:
+                    events = await asyncio.to_thread(r.read_events, *limits)
+                else:
+                    events = r.read_events(*limits)
                 batch = True
             elif message == "append":
                 events = [r.read_event(cfg.max_event_headers)]

@@ -38,6 +38,10 @@ log = logging.getLogger("flumed.sources")
 
 #: How long stop() lets requests in flight finish before closing their connections.
 STOP_TIMEOUT = 5.0
+#: A request larger than this is decoded in a worker thread: the event loop keeps its
+#: turn (the GIL passes every few milliseconds), so one large legal request does not
+#: stall every other connection and component while it is decoded.
+DECODE_OFF_LOOP = 1 << 20
 #: TCP keepalive, so that a peer that vanished (host down, cable cut) is noticed.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
 

@@ -359,7 +359,13 @@ class Listener:
                 )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
             conn.close()
-            src._drop(peer, f"TLS handshake failed: {e}" if self.ssl else str(e))
+            reason = getattr(e, "reason", None) or e
+            if isinstance(e, TimeoutError):
+                reason = f"no TLS handshake within {src.handshake_timeout:g}s"
+            src._drop(peer, f"TLS handshake failed: {reason}" if self.ssl else str(reason))
+        except Exception:  # a bug in a protocol factory: logged, the listener goes on
+            conn.close()
+            log.exception("Accepting a connection from %s failed.", peer)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,6 +26,7 @@ flumed.rpc.stream's TlsLayer).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,7 +45,7 @@ from flumed.rpc.thrift_protocol import (
     encode_exception,
     encode_reply,
 )
-from flumed.sources.rpc_server import RpcConnection, RpcServerSource
+from flumed.sources.rpc_server import DECODE_OFF_LOOP, RpcConnection, RpcServerSource
 from flumed.sources.server import ListenerKeys
 from flumed.tls import TLS_IGNORED, ServerTlsKeys
 
@@ -111,7 +112,10 @@ class ThriftSource(RpcServerSource):
     ) -> tuple[bytes, str | None]:
         """Decode one call, commit its events; the reply frame."""
         try:
-            call = decode_call(payload, self._limits)
+            if len(payload) > DECODE_OFF_LOOP:
+                call = await asyncio.to_thread(decode_call, payload, self._limits)
+            else:
+                call = decode_call(payload, self._limits)
         except LimitExceeded as e:
             call = getattr(e, "call", None)
             self.counter.EventReadFail += 1
