@@ -12,7 +12,6 @@ the sender. `close_connections` is the stop sequence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -21,6 +20,7 @@ from typing import Any, Protocol, cast
 from flumed.counters import SourceCounter
 from flumed.errors import ChannelError
 from flumed.event import Event
+from flumed.lifecycle import stop_task
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 from flumed.sources.server import HIGH_WATER, READ_MAX, FlowControl
@@ -213,12 +213,12 @@ async def close_connections(conns: Iterable[StreamConnection], grace: float) -> 
     tasks = [c.task for c in conns if c.task is not None]
     if not tasks:
         return
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for t in pending:
-        t.cancel()
+    # One deadline for all: they finish concurrently; stragglers are cancelled.
+    await asyncio.wait(tasks, timeout=grace)
     for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
+        e = await stop_task(t, 0, who="A connection")
+        if e is not None:
+            log.error("A connection's task failed: %r", e)
 
 
 async def commit_held(
