@@ -155,6 +155,8 @@ class RpcConnection(asyncio.Protocol):
             return False
         self.queue.extend(reqs)
         self.queued += sum(len(p) for _, p in reqs)
+        if self.queued >= HIGH_WATER:
+            self.flow.hold(FlowControl.INPUT)
         self.wakeup.set()
         return True
 
@@ -168,8 +170,7 @@ class RpcConnection(asyncio.Protocol):
             for piece in self._pending:
                 progress |= self._frame(piece)
                 if self.queued >= HIGH_WATER:
-                    self.flow.hold(FlowControl.INPUT)
-                    return progress
+                    return progress  # the rest waits undecoded; reading stays paused
             self._pending = None
             if self._backlog:
                 data = b"".join(self._backlog)
