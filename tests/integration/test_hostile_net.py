@@ -211,6 +211,14 @@ def avro_ok(port: int) -> bool:
     return ap.read_status_response(r) is ap.Status.OK
 
 
+def thrift_ok(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(tp.encode_append_batch([Event(b"fine")], 7, "compact"))
+        (ln,) = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))
+        reply = s.recv(ln, socket.MSG_WAITALL)
+    return tp.decode_reply(reply, "appendBatch", 7, "compact") is tp.Status.OK
+
+
 def all_sources(ports: dict[str, int], extra: str = "") -> str:
     """One agent with every listening source type, short timeouts, a null sink."""
     return f"""
@@ -525,3 +533,55 @@ def test_input_errors_give_4xx_and_one_line_not_tracebacks(agent_factory) -> Non
     assert agent.counter("SOURCE.ht", "EventReadFail") == 50
     assert agent.counter("SOURCE.av", "EventReadFail") == 50
     assert sum("nested too deeply" in ln for ln in log.splitlines()) <= 30
+
+
+@pytest.mark.parametrize("kind", ["avro", "thrift"])
+def test_rpc_client_that_pipelines_and_reads_no_answers_is_paused(agent_factory, kind) -> None:  # type: ignore[no-untyped-def]
+    """9.1 audit: an RPC client that pipelines small calls and never reads the answers is
+    pushed back (unread answers, then queued requests past 1 MiB), then closed after
+    frame-timeout; memory stays bounded and other clients are served."""
+    port = free_port()
+    agent = agent_factory(f"""
+[agents.a1.sources.r]
+type = "{kind}"
+bind = "127.0.0.1"
+port = {port}
+frame-timeout = 3
+channels = ["c1"]
+{SINK}""")
+    if kind == "avro":
+        first = avro_pack(0, AVRO_HANDSHAKE + ap.encode_append_batch([Event(b"x")]))
+        call = avro_pack(1, ap.encode_append_batch([Event(b"x")]))
+    else:
+        first = b""
+        call = tp.encode_append_batch([Event(b"x")], 1, "compact")
+    block = call * (65536 // len(call))
+
+    async def attack() -> int:
+        _r, w = await asyncio.open_connection("127.0.0.1", port)
+        if first:
+            w.write(first)
+        sent = 0
+        while sent < 64 * MB:
+            w.write(block)
+            try:
+                await asyncio.wait_for(w.drain(), 5)
+            except (TimeoutError, ConnectionError):
+                break
+            sent += len(block)
+        assert await asyncio.to_thread(avro_ok if kind == "avro" else thrift_ok, port)
+        await asyncio.to_thread(
+            wait_until_sync,
+            lambda: agent.counter("SOURCE.r", "ConnectionTimedOutCount") >= 1,
+            30,
+            "the pipelining client closed",
+        )
+        w.close()
+        return sent
+
+    with watching(agent) as mem:
+        sent = asyncio.run(attack())
+    print(f"{kind} pipelining: sent {sent / MB:.1f} MB, agent grew {mem.growth / MB:.1f} MB")
+    assert sent < 64 * MB
+    assert mem.growth < 100 * MB, f"agent grew by {mem.growth / MB:.0f} MB"
+    assert "left its answers unread" in agent.log()
