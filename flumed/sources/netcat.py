@@ -68,11 +68,13 @@ class NetcatSource(ListeningSource):
         rest = b""
         discarding = False  # inside an oversized line, up to its newline
         try:
-            while (data := await conn.read(partial=bool(rest))) is not None:
+            progressed = True
+            while (data := await conn.read(bool(rest), progressed)) is not None:
                 if rest:
                     data = rest + data
                 lines = data.split(b"\n")
                 rest = lines.pop()
+                progressed = bool(lines)
                 errors = 0
                 if discarding and lines:
                     lines.pop(0)

@@ -42,6 +42,8 @@ STOP_TIMEOUT = 5.0
 #: turn (the GIL passes every few milliseconds), so one large legal request does not
 #: stall every other connection and component while it is decoded.
 DECODE_OFF_LOOP = 1 << 20
+#: Requests a connection's task serves before it lets the other tasks run.
+YIELD_EVERY = 32
 #: TCP keepalive, so that a peer that vanished (host down, cable cut) is noticed.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
 
@@ -384,10 +386,17 @@ class RpcServerSource(ListeningSource):
                     return
             cfg = self.config
             timeout = cfg.frame_timeout
+            served = 0
             while True:
                 if conn.closed or self._stopping.is_set():
                     break
                 if conn.queue:
+                    served += 1
+                    if not served % YIELD_EVERY:
+                        # A commit that never has to wait does not suspend: without this,
+                        # a client pipelining small calls would hold the loop for 1 MiB of
+                        # them, and every other connection (and accept) would wait.
+                        await asyncio.sleep(0)
                     serial, payload = conn.next_request()
                     response, bad = await self._respond(conn, serial, payload)
                     conn.send(response)

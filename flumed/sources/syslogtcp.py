@@ -120,8 +120,10 @@ class SyslogTcpSource(ListeningSource):
         framer = SyslogFramer(self.config.eventSize)
         try:
             extra = await self._conn_headers(conn)
-            while (data := await conn.read(partial=_begun(framer))) is not None:
+            progressed = True
+            while (data := await conn.read(_begun(framer), progressed)) is not None:
                 lines, cut = framer.feed(data)
+                progressed = bool(lines)
                 if lines:
                     await self._deliver(conn, lines, cut, extra)
             lines, cut = framer.close()

@@ -68,6 +68,8 @@ class StreamConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.local_port = 0
+        #: Loop time at which the message in progress began (frame-timeout's clock).
+        self.begun: float | None = None
 
     @property
     def peer_name(self) -> str:
@@ -124,30 +126,43 @@ class StreamConnection(asyncio.Protocol):
     def resume(self) -> None:
         self.flow.release(FlowControl.CHANNEL)
 
-    async def read(self, partial: bool = False) -> bytes | None:
+    async def read(self, partial: bool = False, progressed: bool = True) -> bytes | None:
         """Up to about READ_MAX bytes of the input buffered, waiting for some; None at EOF,
         at stop, or when the peer timed out (logged and counted).
 
-        Called by the connection's task only; `partial` tells that a message has begun
-        (frame-timeout applies, else idle-timeout). Waits first, up to frame-timeout, for
-        the peer to read the answers it was sent.
+        Called by the connection's task only. `partial`: a message has begun and is not
+        complete; `progressed`: the last input completed a message. A message must
+        complete within frame-timeout of its beginning (slowloris), a connection with
+        nothing begun may stay silent for idle-timeout. Waits first, up to frame-timeout,
+        for the peer to read the answers it was sent.
         """
         flow = self.flow
         cfg = self.source.config
+        now = asyncio.get_running_loop().time()
+        if not partial:
+            self.begun = None
+        elif progressed or self.begun is None:
+            self.begun = now
         unread = not flow.writable.is_set() and not self.stopping
         if unread and not await self._wait(flow.writable, cfg.frame_timeout):
             return self._timeout(f"it left its answers unread for {cfg.frame_timeout:g}s")
         if not self.stopping:
             flow.release(FlowControl.CHANNEL)
+        if self.chunks:
+            # Input is waiting already: still let the other connections (and accept) run
+            # once per chunk, so that one busy connection cannot hold the loop.
+            await asyncio.sleep(0)
         while not self.chunks:
             if self.eof or self.stopping:
                 return None
             flow.release(FlowControl.INPUT)
             self.wakeup.clear()
-            limit = cfg.frame_timeout if partial else cfg.idle_timeout
-            if not await self._wait(self.wakeup, limit):
-                what = "a message unfinished" if partial else "the connection idle"
-                return self._timeout(f"it left {what} for {limit:g}s")
+            if self.begun is not None:
+                limit = self.begun + cfg.frame_timeout - asyncio.get_running_loop().time()
+                if limit <= 0 or not await self._wait(self.wakeup, limit):
+                    return self._timeout(f"it left a message unfinished for {cfg.frame_timeout:g}s")
+            elif not await self._wait(self.wakeup, cfg.idle_timeout):
+                return self._timeout(f"it left the connection idle for {cfg.idle_timeout:g}s")
         chunks = self.chunks
         if self.buffered <= READ_MAX:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
