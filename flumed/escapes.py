@@ -242,9 +242,9 @@ class Template:
         # The cache key holds the time to this many ms: every field the template shows
         # is constant within such a slot (zone offsets are whole minutes).
         self._slot = 1000 if seconds else 60_000
-        if round:
-            self._slot = max(self._slot, 1000)
-        self.literal_prefix = text[: TAG.search(text).start()] if TAG.search(text) else text
+        first = TAG.search(text)
+        #: The text before the first escape (all of it when there is none).
+        self.literal_prefix = text[: first.start()] if first else text
 
     # -- rendering ---------------------------------------------------------------------
     def _datetime(self, ts: int) -> dt.datetime:

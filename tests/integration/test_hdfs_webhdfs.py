@@ -142,7 +142,7 @@ async def test_sequence_file_over_webhdfs_read_by_hadoop(server: WebHdfsServer, 
     assert path.endswith(".gz")
     local = tmp_path / "f.seq"
     local.write_bytes(bytes(data))
-    got = hadoop.HadoopReader(tmp_path).sequence_files(local)[str(local)]
+    got = hadoop.shared_reader().sequence_files(local)[str(local)]
     assert got["block"] and got["codec"] == "org.apache.hadoop.io.compress.GzipCodec"
     assert got["records"] == [(TS, b"line %d" % i) for i in range(10)]
 
@@ -182,7 +182,7 @@ async def test_remote_exceptions_roll_back_by_name(server: WebHdfsServer, fault,
 
 async def test_stalled_datanode_rolls_back_then_delivers_once(server: WebHdfsServer):
     ch = await make_channel()
-    sink = await make_sink(ch, f"webhdfs://{server.url}/s", callTimeout=300, batchSize=5)
+    sink = await make_sink(ch, f"webhdfs://{server.url}/s", batchSize=5)
     await put(ch, [ev(i) for i in range(5)])
     await run_all(sink)
     server.stall_datanode = True
@@ -199,7 +199,7 @@ async def test_stalled_datanode_rolls_back_then_delivers_once(server: WebHdfsSer
 
 async def test_landed_but_unacknowledged_append_is_cut_back(server: WebHdfsServer):
     ch = await make_channel()
-    sink = await make_sink(ch, f"webhdfs://{server.url}/u", callTimeout=300, batchSize=5)
+    sink = await make_sink(ch, f"webhdfs://{server.url}/u", batchSize=5)
     await put(ch, [ev(i) for i in range(5)])
     await run_all(sink)
     server.lose_answer = True
@@ -217,7 +217,7 @@ async def test_landed_but_unacknowledged_append_is_cut_back(server: WebHdfsServe
 
 async def test_lost_create_answer_starts_the_file_again(server: WebHdfsServer):
     ch = await make_channel()
-    sink = await make_sink(ch, f"webhdfs://{server.url}/c", callTimeout=300, batchSize=5)
+    sink = await make_sink(ch, f"webhdfs://{server.url}/c", batchSize=5)
     server.lose_answer = True
     await put(ch, [ev(i) for i in range(5)])
     with pytest.raises(DeliveryError):

@@ -4,9 +4,11 @@ run on Java 17."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -74,3 +76,17 @@ class HadoopReader:
     def decompress(self, codec_class: str, path: Path) -> bytes:
         """The file read through Hadoop's codec stream."""
         return self._run("stream", codec_class, str(path))
+
+
+_SHARED: HadoopReader | None = None
+
+
+def shared_reader() -> HadoopReader:
+    """One reader per test process: javac runs once (it takes seconds); its class file
+    lives in a temporary directory removed at exit."""
+    global _SHARED
+    if _SHARED is None:
+        workdir = tempfile.mkdtemp(prefix="flumed-hadoopread-")
+        atexit.register(shutil.rmtree, workdir, True)
+        _SHARED = HadoopReader(Path(workdir))
+    return _SHARED

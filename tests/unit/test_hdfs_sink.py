@@ -311,7 +311,7 @@ async def test_roll_size_counts_body_bytes(tmp_path: Path):
 async def test_roll_interval_finishes_an_idle_open_file(tmp_path: Path):
     ch = await make_channel()
     await put(ch, [ev(1)])
-    sink = await make_sink(ch, path=str(tmp_path), fileType="DataStream", rollInterval=1)
+    sink = await make_sink(ch, path=str(tmp_path), fileType="DataStream", rollInterval=3)
     assert await sink.process() is Status.READY
     assert files(tmp_path)[0].name.endswith(".tmp")
     await wait_until(lambda: not files(tmp_path)[0].name.endswith(".tmp"), 10, "the roll")
@@ -331,7 +331,7 @@ async def test_idle_timeout_closes_inactive_buckets_only(tmp_path: Path):
         rollInterval=0,
         rollCount=0,
         rollSize=0,
-        idleTimeout=0.5,
+        idleTimeout=2,
     )
     await put(ch, [ev(1, b="quiet"), ev(2, b="busy")])
     assert await sink.process() is Status.READY
@@ -508,12 +508,12 @@ async def test_full_disk_pushes_back_and_loses_nothing(tmpfs: Path):
 # -- SequenceFile, read by Hadoop ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hadoop_reader(tmp_path_factory) -> hadoop.HadoopReader:
+@pytest.fixture
+def hadoop_reader() -> hadoop.HadoopReader:
     why = hadoop.missing()
     if why:
         pytest.skip(why)
-    return hadoop.HadoopReader(tmp_path_factory.mktemp("hadoop"))
+    return hadoop.shared_reader()
 
 
 SEQ_CASES = [
