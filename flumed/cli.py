@@ -46,6 +46,8 @@ class AgentProcess:
 
     def _on_stop_signal(self, signame: str) -> None:
         self._signals += 1
+        if self._signals > 1 and workers.slot() is not None:
+            return  # a worker: its supervisor (and systemd) signal it; they escalate
         if self._signals > 1:
             log.warning("Second %s: stopping at once.", signame)
             os._exit(1)
