@@ -344,6 +344,8 @@ class SyslogParser(ReferenceSyslogParser):
         self._secs5424: dict[bytes, str] = {}
         # Checked 15-byte RFC 3164 stamp → epoch ms str (None: not a date).
         self._stamps3164: dict[bytes, str | None] = {}
+        # (<PRI>V, HOST, APP-NAME, PROCID, MSGID) → headers, `timestamp` in its place.
+        self._heads: dict[tuple[bytes, ...], dict[str, str]] = {}
         # `<PRI>` / `<PRI>V` token → the headers it gives (copied per message, one C
         # call); `<PRI>Mmm` the same for RFC 3164.
         self._t5424: dict[bytes, dict[str, str]] = {}
@@ -358,7 +360,38 @@ class SyslogParser(ReferenceSyslogParser):
             self._t5424[tok] = t
 
     def _caches(self) -> list[dict]:
-        return [*super()._caches(), self._hosts, self._tokens, self._secs5424, self._stamps3164]
+        return [
+            *super()._caches(),
+            self._hosts,
+            self._tokens,
+            self._secs5424,
+            self._stamps3164,
+            self._heads,
+        ]
+
+    def _head(self, tmpl: dict[str, str], key: tuple[bytes, ...]) -> dict[str, str] | None:
+        """The headers of an RFC 5424 message with this (<PRI>V, HOST, APP-NAME, PROCID,
+        MSGID) and a stamp (an empty placeholder, so that it keeps its place); None when
+        the host is not valid. Cached."""
+        _, host, app, pid, mid = key
+        if host == b"-":
+            h: str | None = "-" if self.flavor == "multiport" else ""
+        else:
+            h = self._host(host)
+        if h is None:
+            return None
+        hdr = tmpl.copy()
+        hdr["timestamp"] = ""
+        if h:
+            hdr["host"] = h
+        if app != b"-":
+            hdr[APP_NAME] = app.decode("utf-8", "replace")
+        if pid != b"-":
+            hdr[PROCID] = pid.decode("utf-8", "replace")
+        if mid != b"-":
+            hdr[MSGID] = mid.decode("utf-8", "replace")
+        self._heads[key] = hdr
+        return hdr
 
     def _host(self, b: bytes) -> str | None:
         """A valid HOSTNAME token as str, else None."""
@@ -400,6 +433,7 @@ class SyslogParser(ReferenceSyslogParser):
         hosts = self._hosts.get
         secs = self._secs5424.get
         stamps3164 = self._stamps3164.get
+        heads = self._heads.get
         tokens = self._tokens
         token = tokens.get
         ver_key = self._ver_key
@@ -452,6 +486,23 @@ class SyslogParser(ReferenceSyslogParser):
                     last_ts = ts
                     last_tsv = tsv
                 host = parts[2]
+                if tsv and len(parts) >= 6 and ver_key in tmpl:
+                    # The full shape: PRI, host, APP-NAME, PROCID and MSGID repeat
+                    # together; their headers come ready, the stamp in its place.
+                    key = (p0, host, parts[3], parts[4], parts[5])
+                    full = heads(key)
+                    if full is None:
+                        full = self._head(tmpl, key)
+                    if full is not None:
+                        hdr = full.copy()
+                        hdr["timestamp"] = tsv
+                        if len(parts) == 7 and parts[6][:1] == b"[":
+                            _structured_data(hdr, parts[6])
+                        if keep_all:
+                            add(Event(ln, hdr))
+                        else:
+                            add(Event(ln[len(p0) + len(ts) + len(host) + 3 :] or ln, hdr))
+                        continue
                 if host == b"-":
                     h: str | None = "-" if multiport else ""
                 else:
