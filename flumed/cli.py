@@ -162,7 +162,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if count > 1:
         return workers.supervise(args, count, agent)
     _install_loop()
-    workers.install_worker_loop()
+    workers.setup_worker()
     tune_gc()
     return asyncio.run(AgentProcess(args).run())
 

@@ -129,10 +129,21 @@ def sharing_ports() -> bool:
     return slot() is not None
 
 
-def install_worker_loop() -> None:
-    """In a worker, make asyncio's loops `_ReusePort` ones (uvloop when installed)."""
-    if slot() is None:
+def setup_worker() -> None:
+    """In a worker: asyncio's loops become `_ReusePort` ones (uvloop when installed),
+    and every log line names the worker."""
+    s = slot()
+    if s is None:
         return
+    factory = logging.getLogRecordFactory()
+    tag = f"worker {s[0]}: "
+
+    def tagged(*args: Any, **kw: Any) -> logging.LogRecord:
+        record = factory(*args, **kw)
+        record.msg = f"{tag}{record.msg}"
+        return record
+
+    logging.setLogRecordFactory(tagged)
     base: type
     try:
         import uvloop
