@@ -109,6 +109,12 @@ SOURCES = _table(
         "Events POSTed over HTTP (JSON or blob handlers).",
     ),
     T(
+        "amqp",
+        "flumed.sources.amqp:AmqpSource",
+        (),
+        "Consumes a RabbitMQ (AMQP 0-9-1) queue; acks after the channel commit.",
+    ),
+    T(
         "avro",
         "flumed.sources.avro:AvroSource",
         _S + "AvroSource",
@@ -119,6 +125,12 @@ SOURCES = _table(
         "flumed.sources.thrift:ThriftSource",
         _S + "ThriftSource",
         "Flume's Thrift RPC server.",
+    ),
+    T(
+        "jms",
+        "flumed.sources.jms:JMSSource",
+        _S + "jms.JMSSource",
+        "A JMS queue or topic, spoken over STOMP (ActiveMQ, Artemis, RabbitMQ).",
     ),
     T(
         "kafka",
@@ -163,6 +175,12 @@ SINKS = _table(
         "flumed.sinks.file_roll:RollingFileSink",
         _K + "RollingFileSink",
         "Writes events to files in one directory, rolled by time.",
+    ),
+    T(
+        "amqp",
+        "flumed.sinks.amqp:AmqpSink",
+        (),
+        "Publishes to a RabbitMQ (AMQP 0-9-1) exchange with publisher confirms.",
     ),
     T(
         "avro",
