@@ -70,11 +70,17 @@ def _with_suffix(spec: ComponentSpec, **changes: Any) -> ComponentSpec:
     return dataclasses.replace(spec, config=dataclasses.replace(spec.config, **changes))
 
 
+def _single(source: ComponentSpec) -> bool:
+    """A source that runs in worker 0 only: it reads files or runs a command, or it
+    subscribes to a JMS topic (every subscriber gets every message)."""
+    if source.type in SINGLE_WORKER_SOURCES:
+        return True
+    return source.type == "jms" and getattr(source.config, "destinationType", "") == "TOPIC"
+
+
 def for_worker(spec: AgentSpec, index: int) -> AgentSpec:
     """The graph worker `index` runs (see the module docstring)."""
-    sources = {
-        n: s for n, s in spec.sources.items() if index == 0 or s.type not in SINGLE_WORKER_SOURCES
-    }
+    sources = {n: s for n, s in spec.sources.items() if index == 0 or not _single(s)}
     if index == 0:
         return dataclasses.replace(spec, sources=sources)
     tag = f"worker{index}"
