@@ -317,9 +317,10 @@ class Supervisor:
         ]
         tasks: list[asyncio.Task[Any]] = []
         try:
-            ok = await self._wait_all_ready()
-            if not ok:
-                return 1
+            if not await self._wait_all_ready():
+                # Stopped while starting is a clean stop; a worker that failed is not.
+                stopped = self.stop_event.is_set() and not self.failed_start.is_set()
+                return 0 if stopped else 1
             if self.args.metrics_port is not None:
                 try:
                     await self._serve_metrics()
