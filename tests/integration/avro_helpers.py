@@ -145,10 +145,11 @@ class Pki:
     other_ca: str
 
 
-def make_pki(d: Path) -> Pki:
-    """A CA and a certificate for localhost/127.0.0.1, made now, as PEM files."""
+def make_pki(d: Path, *names: str) -> Pki:
+    """A CA and a certificate for `names` (default localhost/127.0.0.1), made now, as
+    PEM files."""
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert = ca.issue_cert(*(names or ("localhost", "127.0.0.1")))
     pki = Pki(str(d / "ca.pem"), str(d / "chain.pem"), str(d / "key.pem"), str(d / "other.pem"))
     ca.cert_pem.write_to_path(pki.ca)
     cert.private_key_pem.write_to_path(pki.key)
