@@ -12,10 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
-from flumed import __version__, registry, systemd
+from flumed import __version__, registry, systemd, workers
 from flumed.agent import DEFAULT_GRACE, Agent
 from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import is_properties, load_document
+from flumed.config.preflight import preflight
 from flumed.config.properties import properties_to_document, to_toml
 from flumed.errors import ComponentStartError, ConfigError
 from flumed.health import DEFAULT_HEALTH_GRACE, HealthCheck
@@ -29,8 +30,8 @@ DEFAULT_CONF = Path(__file__).with_name("default.toml")
 
 
 def load_spec(path: str, name: str | None) -> AgentSpec:
-    """Raises ConfigError."""
-    return build_agent(load_document(path), name, str(path))
+    """Raises ConfigError. In a worker process: that worker's share (flumed.workers)."""
+    return workers.this_process(build_agent(load_document(path), name, str(path)))
 
 
 class AgentProcess:
@@ -46,6 +47,8 @@ class AgentProcess:
 
     def _on_stop_signal(self, signame: str) -> None:
         self._signals += 1
+        if self._signals > 1 and workers.slot() is not None:
+            return  # a worker: its supervisor (and systemd) signal it; they escalate
         if self._signals > 1:
             log.warning("Second %s: stopping at once.", signame)
             os._exit(1)
@@ -92,7 +95,7 @@ class AgentProcess:
         # the cyclic collector's generations (DESIGN.md, performance notes).
         gc.collect()
         gc.freeze()
-        systemd.notify("READY=1")
+        systemd.notify(workers.ready_message(self.metrics.port if self.metrics else None))
         tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
         interval = systemd.watchdog_interval()
         if interval:
@@ -156,7 +159,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"flumed agent: {e}", file=sys.stderr)
         return 2
+    count, agent = workers.plan(args, load_spec)
+    if count > 1:
+        return workers.supervise(args, count, agent)
     _install_loop()
+    workers.setup_worker()
     tune_gc()
     return asyncio.run(AgentProcess(args).run())
 
@@ -185,9 +192,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for n in names:
         try:
-            build_agent(doc, n, args.file)
+            spec = build_agent(doc, n, args.file)
         except ConfigError as e:
             problems.extend(e.problems)
+            continue
+        problems.extend(preflight(spec, args.file, check_ports=args.check_ports))
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -236,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-n", "--name", default=None, help="agent name (optional with one agent)")
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the agent in N processes under one supervisor (default: the agent's "
+        "'workers' key, else 1); see docs/workers.md",
+    )
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
     a.add_argument(
         "--tap",
@@ -274,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-f", "--conf-file", dest="file")
     v.add_argument("-n", "--name", default=None)
     v.add_argument("--list-types", action="store_true", help="print the component types")
+    v.add_argument(
+        "--check-ports",
+        action="store_true",
+        help="also try to bind every listening port (fails when one is taken)",
+    )
     v.set_defaults(func=cmd_validate)
 
     c = sub.add_parser("convert", help="print a Flume .properties file as TOML")
