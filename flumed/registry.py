@@ -160,6 +160,12 @@ CHANNELS = _table(
         "Events in a PostgreSQL or MySQL/MariaDB table, shared by agents.",
     ),
     T(
+        "spillablememory",
+        "flumed.channels.spillablememory:SpillableMemoryChannel",
+        _C + "SpillableMemoryChannel",
+        "Memory first, spilling into a file channel when memory is full.",
+    ),
+    T(
         "kafka",
         "flumed.channels.kafka:KafkaChannel",
         _C + "kafka.KafkaChannel",
