@@ -127,6 +127,12 @@ SOURCES = _table(
         "Flume's Thrift RPC server.",
     ),
     T(
+        "scribe",
+        "flumed.sources.scribe:ScribeSource",
+        _S + "scribe.ScribeSource",
+        "Scribe's Log calls over framed binary Thrift; category as a header.",
+    ),
+    T(
         "jms",
         "flumed.sources.jms:JMSSource",
         _S + "jms.JMSSource",
