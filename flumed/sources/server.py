@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from flumed.config.keys import key
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
+from flumed.workers import sharing_ports
 
 log = logging.getLogger("flumed.sources")
 
@@ -295,6 +296,8 @@ class Listener:
         sock = socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sharing_ports():  # a worker: the kernel spreads connections over workers
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
             sock.listen(backlog)
             sock.setblocking(False)
