@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from flumed.channels.spillablememory import SpillableMemoryChannel, SpillableMemoryChannelConfig
+from flumed.config.graph import build_agent
 from flumed.config.keys import parse
 from flumed.errors import ChannelFullError, ConfigError
 from flumed.event import Event
+from flumed.workers import for_worker
 from tests.util import wait_until, wait_until_sync
 
 
@@ -226,6 +228,23 @@ def test_config_keys_in_flume_spelling():
         parse(SpillableMemoryChannelConfig, {"memoryCapacity": "-1"}, "channel c1")
     both_zero = SpillableMemoryChannelConfig(memoryCapacity=0, overflowCapacity=0)
     assert "both 0" in both_zero.check()[0]
+
+
+def test_each_worker_process_gets_its_own_overflow_directory():
+    doc = {
+        "agents": {
+            "a1": {
+                "workers": 2,
+                "sources": {
+                    "n": {"type": "netcat", "bind": "127.0.0.1", "port": 0, "channels": ["c"]}
+                },
+                "channels": {"c": {"type": "spillablememory", "dataDirs": "/var/lib/o"}},
+            }
+        }
+    }
+    spec = build_agent(doc, "a1", "t.toml")
+    assert for_worker(spec, 0).channels["c"].config.dataDirs == "/var/lib/o"
+    assert for_worker(spec, 1).channels["c"].config.dataDirs == "/var/lib/o-worker1"
 
 
 AGENT = """
