@@ -29,6 +29,7 @@ from flumed.rpc.thrift_protocol import (
     B_STRUCT,
     MAX_DEPTH,
     Call,
+    LimitExceeded,
     ProtocolError,
     _BinaryReader,
     _lenient,
@@ -65,7 +66,11 @@ class LogCall:
 
 
 class _ScribeReader(_BinaryReader):
-    __slots__ = ()
+    __slots__ = ("max_entries",)
+
+    def __init__(self, buf: bytes, max_entries: int) -> None:
+        super().__init__(buf)
+        self.max_entries = max_entries
 
     def log_call(self) -> LogCall:
         head = self.i32()
@@ -88,7 +93,11 @@ class _ScribeReader(_BinaryReader):
             raise ProtocolError(f"method name {name[:40]!r} is not ASCII") from None
         call = LogCall(method, seqid, strict, None)
         if method == LOG:
-            call.events = self.log_args()
+            try:
+                call.events = self.log_args()
+            except LimitExceeded as e:
+                e.call = call  # type: ignore[attr-defined]
+                raise
         return call
 
     def log_args(self) -> list[Event]:
@@ -102,6 +111,13 @@ class _ScribeReader(_BinaryReader):
                 n = self.i32()
                 if et != B_STRUCT:
                     raise ProtocolError(f"Log list of type {et}, not LogEntry structs")
+                if n > self.max_entries:
+                    # An empty LogEntry is one byte on the wire and an event in memory:
+                    # bounded here, not only by the frame.
+                    raise LimitExceeded(
+                        f"Log call of {n} entries exceeds the limit of {self.max_entries} "
+                        "(max-batch-events)"
+                    )
                 events = [self.entry() for _ in range(self.count(n, 1, "LogEntry list"))]
             else:
                 self.skip(t, MAX_DEPTH)
@@ -125,10 +141,12 @@ class _ScribeReader(_BinaryReader):
                 self.skip(t, MAX_DEPTH)
 
 
-def decode_log(frame: bytes) -> LogCall:
+def decode_log(frame: bytes, max_entries: int = 1 << 31) -> LogCall:
     """Decode one frame's payload (without its 4-byte length).
 
     Raises:
+        LimitExceeded: a Log of more than `max_entries` entries (checked from the count);
+            `.call` has what the answer needs.
         ProtocolError: not a binary Thrift call, or malformed (naming what is wrong).
     """
     if not frame:
@@ -138,7 +156,7 @@ def decode_log(frame: bytes) -> LogCall:
         what = "compact protocol" if first == 0x82 else f"first byte 0x{first:02x}"
         raise ProtocolError(f"not a binary Thrift message ({what}); Scribe speaks binary")
     try:
-        return _ScribeReader(frame).log_call()
+        return _ScribeReader(frame, max_entries).log_call()
     except (IndexError, struct.error) as e:
         raise ProtocolError(f"truncated message ({e})") from None
 
@@ -156,10 +174,11 @@ def encode_result(call: LogCall, code: ResultCode) -> bytes:
     return _U32.pack(len(msg)) + msg
 
 
-def encode_unknown_method(call: LogCall, kind: int) -> bytes:
-    """The frame answering a call of another method with a TApplicationException."""
-    c = Call(call.method, call.seqid, "binary", None, call.strict)
-    return encode_exception(c, kind, f"Invalid method name: '{call.method}'")
+def encode_error(call: LogCall, kind: int, message: str) -> bytes:
+    """The frame answering `call` with a TApplicationException (unknown method, limit)."""
+    return encode_exception(
+        Call(call.method, call.seqid, "binary", None, call.strict), kind, message
+    )
 
 
 _idl = None

@@ -15,7 +15,9 @@ Thrift application exception; the connection goes on.
 
 Keys as Flume's: `port` (1499), `maxReadBufferBytes` (the largest frame), `workerThreads`
 (accepted, no effect: one event loop serves every connection); flumed's own: `bind`
-(Flume binds every address) and those of every listening source (`maxConnections`,
+(Flume binds every address), `max-batch-events` (most entries in one call: a larger
+call is answered with an exception, the connection goes on) and those of every listening
+source (`maxConnections`,
 `idle-timeout`, `frame-timeout`). The server side is flumed.sources.rpc_server; the
 codec flumed.rpc.scribe_protocol. See docs/scribe.md.
 """
@@ -30,13 +32,15 @@ from flumed.config.keys import ignored, key
 from flumed.rpc.scribe_protocol import (
     ResultCode,
     decode_log,
+    encode_error,
     encode_result,
-    encode_unknown_method,
 )
 from flumed.rpc.thrift_protocol import (
     DEFAULT_MAX_FRAME,
+    INTERNAL_ERROR,
     UNKNOWN_METHOD,
     FrameDecoder,
+    LimitExceeded,
     ProtocolError,
 )
 from flumed.sources.rpc_server import DECODE_OFF_LOOP, RpcConnection, RpcServerSource
@@ -53,6 +57,13 @@ class ScribeSourceConfig(ListenerKeys):
         DEFAULT_MAX_FRAME,
         ge=1024,
         doc="Largest frame (one Log call) accepted; a larger one closes its connection.",
+    )
+    max_batch_events: int = key(
+        100_000,
+        name="max-batch-events",
+        ge=1,
+        doc="flumed only: most entries in one Log call; a larger call is answered with an "
+        "exception (a 1-byte empty entry must not cost an event's memory unbounded).",
     )
 
     IGNORED = ignored("workerThreads")
@@ -81,16 +92,24 @@ class ScribeSource(RpcServerSource):
         self, conn: RpcConnection, serial: int, payload: bytes
     ) -> tuple[bytes, str | None]:
         """Decode one call, commit its entries whole; the reply frame."""
+        limit = self.config.max_batch_events
         try:
             if len(payload) > DECODE_OFF_LOOP:
-                call = await asyncio.to_thread(decode_log, payload)
+                call = await asyncio.to_thread(decode_log, payload, limit)
             else:
-                call = decode_log(payload)
+                call = decode_log(payload, limit)
+        except LimitExceeded as e:
+            self.counter.EventReadFail += 1
+            self._warn(
+                "Source %s: refused a call from %s: %s.", self.name, conn.peer, e, kind="limit"
+            )
+            return encode_error(e.call, INTERNAL_ERROR, str(e)), None  # type: ignore[attr-defined]
         except ProtocolError as e:
             return b"", f"malformed Scribe message: {e}"
         if call.events is None:
             self.counter.EventReadFail += 1
             self._warn("Source %s: %s called unknown method %r.", self.name, conn.peer, call.method)
-            return encode_unknown_method(call, UNKNOWN_METHOD), None
+            msg = f"Invalid method name: '{call.method}'"
+            return encode_error(call, UNKNOWN_METHOD, msg), None
         ok = await self._commit(conn, call.events, True)
         return encode_result(call, ResultCode.OK if ok else ResultCode.TRY_LATER), None

@@ -180,6 +180,26 @@ async def test_unknown_method_gets_an_exception_and_the_connection_stays(agents,
     assert "getStatus" in message and code == SCRIBE.ResultCode.OK
 
 
+async def test_a_call_over_max_batch_events_gets_an_exception_and_nothing_is_put(agents):
+    port = free_port()
+    a = await agents(receiver(port, **{"max-batch-events": 100}))
+
+    def send() -> tuple[str, int]:
+        client = scribe_client(port)
+        try:
+            with pytest.raises(TApplicationException) as ei:
+                client.Log([SCRIBE.LogEntry() for _ in range(101)])  # 1 byte each
+            return ei.value.message, client.Log(entries("c", 0, 100))
+        finally:
+            client.close()
+
+    message, code = await asyncio.to_thread(send)
+    assert "Log call of 101 entries exceeds the limit of 100 (max-batch-events)" in message
+    assert code == SCRIBE.ResultCode.OK
+    assert len(await drain(a.channels["c"])) == 100
+    assert a.sources["r"].counter.EventReadFail == 1
+
+
 async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 10.0) -> bool:
     try:
         async with asyncio.timeout(timeout):
@@ -205,8 +225,8 @@ async def test_garbage_oversized_and_compact_clients_close_only_their_connection
             await asyncio.to_thread(big.Log, [SCRIBE.LogEntry(category="c", message="x" * 5000)])
         big.close()
         r3, w3 = await asyncio.open_connection("127.0.0.1", port)
-        bad = b"\x80\x01\x00\x01\x00\x00\x00\x03Log\x00\x00\x00\x01\x0f\x00\x01\x0c\x7f\xff\xff\xff"
-        w3.write(len(bad).to_bytes(4, "big") + bad)  # a list announcing 2^31 entries
+        bad = b"\x80\x01\x00\x01\x00\x00\x00\x03Log\x00\x00\x00\x01\x0f\x00\x01\x0c\x00\x00\x00\x32"
+        w3.write(len(bad).to_bytes(4, "big") + bad)  # 50 entries announced, none sent
         assert await closed_by_server(r3)
         compact = scribe_client(port, compact=True)
         with pytest.raises(TTransportException):
@@ -219,7 +239,7 @@ async def test_garbage_oversized_and_compact_clients_close_only_their_connection
     await wait_until(lambda: a.sources["r"].counter.EventReadFail == 5, what="5 read failures")
     text = caplog.text
     assert "exceeds maxReadBufferBytes 4096" in text
-    assert "LogEntry list count 2147483647 exceeds what the frame can hold" in text
+    assert "LogEntry list count 50 exceeds what the frame can hold" in text
     assert "compact protocol" in text
     assert [e.body for e in await drain(a.channels["c"])] == [b"m0", b"m1", b"m2"]
     for w in (w1, w2, w3):
