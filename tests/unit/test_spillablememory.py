@@ -317,3 +317,46 @@ def test_sigkill_keeps_the_overflowed_events(agent_factory, tmp_path):
     assert b.terminate() == 0
     lines = [ln for f in sorted(out.iterdir()) for ln in f.read_text().splitlines()]
     assert lines == want
+
+
+async def test_reload_keeps_every_event(tmp_path):
+    """memory -> spillablememory hands the queue over; spillablememory with other keys
+    gets the old one's memory through the overflow (written at its stop)."""
+    from flumed.agent import Agent
+
+    def doc(channel: dict) -> dict:
+        return {
+            "agents": {
+                "a": {
+                    "sources": {
+                        "r": {"type": "seq", "totalEvents": 0, "channels": ["c"]},
+                    },
+                    "channels": {"c": channel},
+                }
+            }
+        }
+
+    spill = {
+        "type": "spillablememory",
+        "memoryCapacity": 100,
+        "overflowTimeout": 0,
+        "dataDirs": str(tmp_path / "o"),
+        "minimumRequiredSpace": 0,
+    }
+    agent = Agent(build_agent(doc({"type": "memory", "capacity": 1000}), "a", "t"), grace=1.0)
+    await agent.start()
+    try:
+        await put(agent.channels["c"], range(50))
+        await agent.reload(build_agent(doc(spill), "a", "t"))
+        ch = agent.channels["c"]
+        assert isinstance(ch, SpillableMemoryChannel) and ch.memory_size == 50
+        for i in range(50, 250, 50):
+            await put(ch, range(i, i + 50))
+        assert ch.overflow_size == 150
+        await agent.reload(build_agent(doc({**spill, "memoryCapacity": 200}), "a", "t"))
+        ch = agent.channels["c"]
+        assert ch.overflow_size == 250 and ch.memory_size == 0
+        # The overflow's older events, then what was in memory (written at the stop).
+        assert await drain(ch) == [*range(100, 250), *range(100)]
+    finally:
+        await agent.stop()
