@@ -34,6 +34,7 @@ from flumed.channels.base import Channel, Transaction, TxState
 from flumed.channels.file import FileChannel, FileChannelConfig
 from flumed.channels.memory import MemoryChannel, MemoryChannelConfig, _Waiters
 from flumed.config.keys import key, prefix
+from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 
@@ -147,6 +148,25 @@ async def _settle(task: asyncio.Future[Any]) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+class SpillableMemoryChannelCounter(ChannelCounter):
+    """The channel counters plus `Unhealthy`: the overflow file channel's (1 while its
+    writes fail), so /health and the metrics show a failing overflow disk."""
+
+    def __init__(self, channel: SpillableMemoryChannel) -> None:
+        super().__init__(channel.name, lambda: channel.size, lambda: channel.capacity)
+        self._channel = channel
+
+    @property
+    def Unhealthy(self) -> int:  # Flume's counter name
+        ovf = self._channel.overflow
+        return int(getattr(ovf.counter, "Unhealthy", 0)) if ovf is not None else 0
+
+    def values(self) -> dict[str, float | int]:
+        out = super().values()
+        out["Unhealthy"] = self.Unhealthy
+        return out
 
 
 class SpillableTransaction(Transaction):
@@ -291,9 +311,11 @@ class SpillableMemoryChannel(Channel):
     Config = SpillableMemoryChannelConfig
     description = "Memory first, spilling into a file channel when full."
     config: SpillableMemoryChannelConfig
+    counter: SpillableMemoryChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
+        self.counter = SpillableMemoryChannelCounter(self)
         self.memory: MemoryChannel | None = (
             MemoryChannel(name, config.memory()) if config.memoryCapacity else None
         )

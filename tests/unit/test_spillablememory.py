@@ -70,6 +70,9 @@ async def test_burst_larger_than_memory_drains_in_order(tmp_path):
         got += await drain(ch, 70)
         assert got == list(range(1300))
         assert ch.size == 0 and not ch._order
+        values = ch.counter.values()
+        assert values["EventPutSuccessCount"] == values["EventTakeSuccessCount"] == 1300
+        assert values["ChannelCapacity"] == 100 + 100_000 and values["Unhealthy"] == 0
     finally:
         await ch.stop()
 
