@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from flumed import __version__, registry, systemd
+from flumed import __version__, registry, systemd, workers
 from flumed.agent import DEFAULT_GRACE, Agent
 from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import is_properties, load_config
@@ -35,7 +35,9 @@ def load_spec(
     """Load, resolve `${...}` and check one agent. A properties file's unknown keys are
     warnings unless `strict` (TOML's are always errors). Raises ConfigError."""
     loaded = load_config(path, sysprops)
-    return build_agent(loaded.doc, name, str(path), strict=strict or not loaded.properties)
+    spec = build_agent(loaded.doc, name, str(path), strict=strict or not loaded.properties)
+    # In a worker process: that worker's share (flumed.workers).
+    return workers.this_process(spec)
 
 
 def sysprops(args: argparse.Namespace) -> dict[str, str]:
@@ -62,6 +64,8 @@ class AgentProcess:
 
     def _on_stop_signal(self, signame: str) -> None:
         self._signals += 1
+        if self._signals > 1 and workers.slot() is not None:
+            return  # a worker: its supervisor (and systemd) signal it; they escalate
         if self._signals > 1:
             log.warning("Second %s: stopping at once.", signame)
             os._exit(1)
@@ -108,7 +112,7 @@ class AgentProcess:
         # the cyclic collector's generations (DESIGN.md, performance notes).
         gc.collect()
         gc.freeze()
-        systemd.notify("READY=1")
+        systemd.notify(workers.ready_message(self.metrics.port if self.metrics else None))
         tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
         interval = systemd.watchdog_interval()
         if interval:
@@ -172,7 +176,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"flumed agent: {e}", file=sys.stderr)
         return 2
+    count, agent = workers.plan(args, lambda f, n: load_spec(f, n, sysprops(args)))
+    if count > 1:
+        return workers.supervise(args, count, agent)
     _install_loop()
+    workers.setup_worker()
     tune_gc()
     return asyncio.run(AgentProcess(args).run())
 
@@ -271,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-n", "--name", default=None, help="agent name (optional with one agent)")
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the agent in N processes under one supervisor (default: the agent's "
+        "'workers' key, else 1); see docs/workers.md",
+    )
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
     a.add_argument(
         "--tap",

@@ -127,6 +127,12 @@ SOURCES = _table(
         "Flume's Thrift RPC server.",
     ),
     T(
+        "scribe",
+        "flumed.sources.scribe:ScribeSource",
+        _S + "scribe.ScribeSource",
+        "Scribe's Log calls over framed binary Thrift; category as a header.",
+    ),
+    T(
         "jms",
         "flumed.sources.jms:JMSSource",
         _S + "jms.JMSSource",
@@ -158,6 +164,12 @@ CHANNELS = _table(
         "flumed.channels.jdbc:JdbcChannel",
         _C + "jdbc.JdbcChannel",
         "Events in a PostgreSQL or MySQL/MariaDB table, shared by agents.",
+    ),
+    T(
+        "spillablememory",
+        "flumed.channels.spillablememory:SpillableMemoryChannel",
+        _C + "SpillableMemoryChannel",
+        "Memory first, spilling into a file channel when memory is full.",
     ),
     T(
         "kafka",
@@ -195,10 +207,46 @@ SINKS = _table(
         "Sends batches over Flume's Thrift RPC.",
     ),
     T(
+        "hdfs",
+        "flumed.sinks.hdfs:HDFSEventSink",
+        _K + "hdfs.HDFSEventSink",
+        "Writes events into bucketed, rolled files, local or on HDFS (WebHDFS).",
+    ),
+    T(
         "kafka",
         "flumed.sinks.kafka:KafkaSink",
         _K + "kafka.KafkaSink",
         "Publishes events to Kafka topics.",
+    ),
+    T(
+        "http",
+        "flumed.sinks.http:HttpSink",
+        _K + "http.HttpSink",
+        "POSTs events to an HTTP endpoint, one per request or batched.",
+    ),
+    T(
+        "elasticsearch",
+        "flumed.sinks.elasticsearch:ElasticSearchSink",
+        _K + "elasticsearch.ElasticSearchSink",
+        "Indexes events into Elasticsearch/OpenSearch (_bulk), with a dead-letter file.",
+    ),
+    T(
+        "hbase",
+        "flumed.sinks.hbase:HBaseSink",
+        _K + "hbase.HBaseSink",
+        "Rows and counters into HBase, through the HBase REST gateway.",
+    ),
+    T(
+        "hbase2",
+        "flumed.sinks.hbase:HBase2Sink",
+        _K + "hbase2.HBase2Sink",
+        "Flume's HBase2Sink: as hbase, through the HBase REST gateway.",
+    ),
+    T(
+        "asynchbase",
+        "flumed.sinks.hbase:AsyncHBaseSink",
+        _K + "hbase.AsyncHBaseSink",
+        "Flume's AsyncHBaseSink: as hbase, through the HBase REST gateway.",
     ),
 )
 

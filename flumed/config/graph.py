@@ -66,6 +66,8 @@ class AgentSpec:
     channels: dict[str, ComponentSpec]
     sinks: dict[str, SinkSpec]
     sinkgroups: dict[str, SinkGroupSpec]
+    #: Agent-level `workers`: processes running this graph (flumed.workers).
+    workers: int = 1
 
 
 def _freeze(flat: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -189,12 +191,13 @@ def build_agent(
     problems: list[str] = []
     if not isinstance(a, Mapping):
         raise ConfigError(f"{where}: must be a table")
-    sections = ("sources", "channels", "sinks", "sinkgroups", "configfilters")
+    sections = ("sources", "channels", "sinks", "sinkgroups", "configfilters", "workers")
     for k in a:
         if k not in sections:
             err = unknown_key(where, k, sections, strict)
             if err is not None:
                 problems.append(err)
+    workers = _workers(a.get("workers", 1), where, problems)
 
     channels: dict[str, ComponentSpec] = {}
     for name, sec in _section(a, "channels", problems, where).items():
@@ -329,7 +332,17 @@ def build_agent(
     for c in channels:
         if c not in used:
             log.warning("%s: channel %s is connected to nothing.", where, c)
-    return AgentSpec(agent, sources, channels, sinks, groups)
+    return AgentSpec(agent, sources, channels, sinks, groups, workers)
+
+
+def _workers(value: Any, where: str, problems: list[str]) -> int:
+    """The agent-level key `workers` (TOML integer, or a properties string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        problems.append(f"{where}: key 'workers': {value!r} is not a number of processes (1-256)")
+        return 1
+    return value
 
 
 def _check_resources(
