@@ -80,7 +80,7 @@ def _agent(source: dict | None = None, sink: dict | None = None) -> None:
     ("source", "message"),
     [
         ({}, "missing required key 'port'"),
-        ({"port": 1, "ssl": True}, "needs key 'keystore' .Java keystore. or 'certificate'"),
+        ({"port": 1, "ssl": True}, "needs key 'certificate' .a Java keystore, or a PEM"),
         ({"port": 1, "ipFilter": True}, "needs 'ipFilterRules'"),
         ({"port": 1, "ipFilter": True, "ipFilterRules": "allow:10.*"}, "ipFilterRules"),
         ({"port": 1, "compression-type": "gzip"}, "key 'compression-type'"),

@@ -160,13 +160,13 @@ def test_readme_component_table_lists_every_type():
 def test_flumes_short_names_and_java_classes_read_as_such():
     """Issue 16 point 5: Flume's types flumed lacks are named as Flume's, and a Java class
     name is not reported as a broken Python install only."""
-    from flumed.channels.base import Channel
+    from flumed.sinks.base import Sink
     from flumed.sources.base import Source
 
     with pytest.raises(registry.UnknownTypeError) as ei:
-        registry.resolve("channels", "SPILLABLEMEMORY", Channel)
-    assert "Flume's channel type 'SPILLABLEMEMORY' is not available in flumed" in str(ei.value)
-    assert "available channels: file, " in str(ei.value)
+        registry.resolve("sinks", "irc", Sink)
+    assert "Flume's sink type 'irc' is not available in flumed" in str(ei.value)
+    assert "available sinks: " in str(ei.value)
     with pytest.raises(registry.UnknownTypeError) as ei:
         registry.resolve("sources", "org.example.MySource", Source)
     msg = str(ei.value)
