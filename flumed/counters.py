@@ -88,6 +88,14 @@ class SourceCounter(Counter):
     GenericProcessingFail: int
 
 
+class UdpSourceCounter(SourceCounter):
+    """Flume's source counters, plus the datagrams dropped while the channel was full
+    (a UDP sender cannot be pushed back)."""
+
+    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
+    EventDroppedCount: int
+
+
 class ChannelCounter(Counter):
     TYPE = "CHANNEL"
     NAMES = (

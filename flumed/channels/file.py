@@ -539,13 +539,12 @@ class FileChannel(Channel):
     """
 
     Config = FileChannelConfig
-    description = "Durable channel in a SQLite database (WAL); survives crashes."
     config: FileChannelConfig
     counter: FileChannelCounter
+    counter_class = FileChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = FileChannelCounter(name, lambda: self.size, lambda: self.capacity)
         self.directory = resolve_dir(config, name)
         self.path = db_path(self.directory, name)
         self._queue: deque[Piece] = deque()

@@ -213,13 +213,12 @@ class KafkaChannel(Channel):
     """
 
     Config = KafkaChannelConfig
-    description = "Kafka topic as a durable, shared channel."
     config: KafkaChannelConfig
     counter: KafkaChannelCounter
+    counter_class = KafkaChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = KafkaChannelCounter(name, lambda: self.size, lambda: self.capacity)
         self._popts, self._copts = config.options()
         self._pkwargs: dict[str, Any] = {}
         self._ckwargs: dict[str, Any] = {}

@@ -168,7 +168,6 @@ class RegexExtractorConfig:
 
 class RegexExtractorInterceptor(Interceptor):
     Config = RegexExtractorConfig
-    description = "Copies regex groups of the body into headers."
     config: RegexExtractorConfig
 
     def __init__(self, name: str, config: Any) -> None:

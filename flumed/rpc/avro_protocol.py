@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.event import Event
+from flumed.rpc.errors import ProtocolError, RemoteError
 
 # -- the protocol ------------------------------------------------------------------------
 
@@ -110,16 +111,8 @@ class Match(enum.IntEnum):
     NONE = 2
 
 
-class ProtocolError(Exception):
-    """The peer sent bytes that are not valid Avro RPC; the connection must close."""
-
-
 class LimitExceeded(ProtocolError):
     """Well-formed input over a configured limit: refused, the connection may go on."""
-
-
-class RemoteError(Exception):
-    """The peer answered a call with an Avro error response (its message)."""
 
 
 # -- Avro binary primitives ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from flumed.event import Event
+from flumed.rpc.errors import ProtocolError, RemoteError
 
 Proto = Literal["compact", "binary"]
 
@@ -44,18 +45,6 @@ class Status(enum.IntEnum):
     FAILED = 1
     ERROR = 2
     UNKNOWN = 3
-
-
-class ProtocolError(Exception):
-    """The bytes are not a well-formed ThriftSourceProtocol message."""
-
-
-class RemoteError(Exception):
-    """The peer answered with a TApplicationException (unknown method, internal error)."""
-
-    def __init__(self, message: str, kind: int) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 # Message types (TMessageType) and TApplicationException types.

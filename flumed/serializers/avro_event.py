@@ -74,7 +74,6 @@ class AvroEventSerializer(EventSerializer):
     each `serialize()` is one or more complete blocks."""
 
     Config = AvroEventConfig
-    description = "Avro object container file of Flume Event records."
     supports_reopen = False
     config: AvroEventConfig
 

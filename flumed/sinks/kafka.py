@@ -44,7 +44,7 @@ from flumed.kafka_common import (
     split_servers,
 )
 from flumed.logs import RateLimitedLog
-from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.sinks.base import BatchSink
 
 log = logging.getLogger("flumed.sinks.kafka")
 
@@ -86,17 +86,16 @@ class KafkaSinkConfig:
         return problems
 
 
-class KafkaSink(Sink):
+class KafkaSink(BatchSink):
     """Publishes events to Kafka; see the module docstring."""
 
     Config = KafkaSinkConfig
-    description = "Publishes events to Kafka topics."
     config: KafkaSinkConfig
     counter: KafkaSinkCounter
+    counter_class = KafkaSinkCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = KafkaSinkCounter(name)
         self._options = config.options()
         self._kwargs: dict[str, Any] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -128,9 +127,18 @@ class KafkaSink(Sink):
                 log.warning("Sink %s: Kafka producer did not close cleanly: %s", self.name, e)
         await super().stop()
 
-    async def _connect(self) -> AIOKafkaProducer:
+    @property
+    def batch_size(self) -> int:
+        return self.config.flumeBatchSize
+
+    async def prepare(self) -> None:
+        """Connect before the take (an unreachable broker costs the channel nothing).
+
+        Raises:
+            DeliveryError: Kafka cannot be reached (counted in ConnectionFailedCount).
+        """
         if self._producer is not None:
-            return self._producer
+            return
         producer = AIOKafkaProducer(**self._kwargs)
         try:
             await producer.start()
@@ -143,45 +151,36 @@ class KafkaSink(Sink):
         self.counter.ConnectionCreatedCount += 1
         log.info("Sink %s connected to Kafka at %s.", self.name, self.config.bootstrap_servers)
         self._producer = producer
-        return producer
 
-    async def process(self) -> Status:
-        """One transaction: take up to flumeBatchSize, send, wait for every ack, commit.
+    async def deliver(self, events: list[Event]) -> None:
+        """Send the batch and wait for every ack (acks=all by default).
 
         Raises:
-            DeliveryError: Kafka is unreachable or did not acknowledge the batch in time
-                (the take is rolled back).
+            DeliveryError: Kafka did not acknowledge the batch in time (the take is
+                rolled back).
         """
-        producer = await self._connect()
-        n = self.config.flumeBatchSize
+        producer = self._producer
+        assert producer is not None, "prepare() first"
         counter = self.counter
-        async with self.channel.transaction() as tx:
-            events = await tx.take_batch(n, TAKE_TIMEOUT)
-            counter.batch(len(events), n)
-            if not events:
-                return Status.BACKOFF
-            counter.EventDrainAttemptCount += len(events)
-            t0 = time.perf_counter()
-            try:
-                async with asyncio.timeout(self._deadline):
-                    await produce(
-                        producer,
-                        self._records(events),
-                        self._partitioner,
-                        self._max_request,
-                        self._batch_size,
-                        self._bad_record,
-                    )
-            except (KafkaError, OSError, TimeoutError) as e:
-                counter.EventWriteFail += 1
-                counter.RollbackCount += 1
-                raise DeliveryError(
-                    f"Sink {self.name}: Kafka did not acknowledge a batch of {len(events)} "
-                    f"events ({describe(e)}); it stays in the channel"
-                ) from e
-            counter.KafkaEventSendTimer += elapsed_ms(t0)
-        counter.EventDrainSuccessCount += len(events)
-        return Status.READY
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._deadline):
+                await produce(
+                    producer,
+                    self._records(events),
+                    self._partitioner,
+                    self._max_request,
+                    self._batch_size,
+                    self._bad_record,
+                )
+        except (KafkaError, OSError, TimeoutError) as e:
+            counter.EventWriteFail += 1
+            counter.RollbackCount += 1
+            raise DeliveryError(
+                f"Sink {self.name}: Kafka did not acknowledge a batch of {len(events)} "
+                f"events ({describe(e)}); it stays in the channel"
+            ) from e
+        counter.KafkaEventSendTimer += elapsed_ms(t0)
 
     def _bad_record(self, what: str, dropped: bool = False) -> None:
         # Counted always, logged at most once a second; ERROR when an event is lost.

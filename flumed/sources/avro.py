@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import ignored, key, listen_claims
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.rpc.avro_protocol import (
@@ -105,6 +105,9 @@ class AvroSourceConfig:
                 except ValueError as e:
                     problems.append(f"key 'ipFilterRules': {e}")
         return problems
+
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
 
 
 class _Connection(PackConnection):
@@ -192,7 +195,6 @@ class _Connection(PackConnection):
 
 class AvroSource(Source):
     Config = AvroSourceConfig
-    description = "Avro RPC server, compatible with Flume's AvroSink and Avro clients."
     config: AvroSourceConfig
 
     def __init__(self, name: str, config: Any) -> None:

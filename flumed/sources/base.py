@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from flumed.counters import SourceCounter
 from flumed.errors import ChannelError, ChannelFullError
@@ -28,10 +28,12 @@ class Source(Component):
     """
 
     processor: ChannelProcessor
+    #: The counter class built for this source (a subclass of SourceCounter may add names).
+    counter_class: ClassVar[type[SourceCounter]] = SourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = SourceCounter(name)
+        self.counter = self.counter_class(name)
 
     async def start(self) -> None:
         await super().start()

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, listen_claims, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
@@ -301,12 +301,14 @@ class HTTPSourceConfig:
             )
         return problems
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 class HTTPSource(Source):
     """An aiohttp server; each request is parsed by the handler and committed as one batch."""
 
     Config = HTTPSourceConfig
-    description = "Events over HTTP POST (Flume's JSON or blob handlers), optional TLS."
     config: HTTPSourceConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -155,13 +155,12 @@ class KafkaSource(PollableSource):
     """Consumes Kafka topics into the channel(s); see the module docstring."""
 
     Config = KafkaSourceConfig
-    description = "Consumes Kafka topics."
     config: KafkaSourceConfig
     counter: KafkaSourceCounter
+    counter_class = KafkaSourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = KafkaSourceCounter(name)
         self.backoff_increment_ms = config.backoffSleepIncrement
         self.max_backoff_ms = config.maxBackoffSleep
         self._options = config.options()

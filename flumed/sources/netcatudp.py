@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from flumed.config.keys import key
-from flumed.counters import SourceCounter
+from flumed.config.keys import key, listen_claims
+from flumed.counters import UdpSourceCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.sources.base import Source
@@ -45,12 +45,8 @@ class NetcatUdpConfig:
     port: int = key(ge=0, le=65535)
     remoteAddressHeader: str | None = key(None, aliases=("remoteAddress",))
 
-
-class UdpSourceCounter(SourceCounter):
-    """Flume's source counters, plus the datagrams dropped while the channel was full."""
-
-    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
-    EventDroppedCount: int
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port, "udp")
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -69,16 +65,15 @@ class _Protocol(asyncio.DatagramProtocol):
 
 class NetcatUdpSource(Source):
     Config = NetcatUdpConfig
-    description = "One event per UDP datagram (drops, counted, when the channel is full)."
     config: NetcatUdpConfig
     counter: UdpSourceCounter
+    counter_class = UdpSourceCounter
 
     #: Per instance, so that a test can make it small.
     max_pending = MAX_PENDING
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = UdpSourceCounter(name)
         self.port = config.port
         self._transport: asyncio.DatagramTransport | None = None
         self._pending: list[Event] = []

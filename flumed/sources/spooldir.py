@@ -435,7 +435,6 @@ class SpoolDirectorySource(Source):
     """
 
     Config = SpoolDirConfig
-    description = "Files dropped into a directory, one event per line (or record, or file)."
     config: SpoolDirConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -24,7 +24,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, listen_claims, prefix
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
@@ -61,6 +61,9 @@ class SyslogTcpConfig:
     def check(self) -> list[str]:
         return check_tcp_keys(self)
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 def check_tcp_keys(cfg: Any) -> list[str]:
     problems = check_tls(
@@ -78,7 +81,6 @@ class SyslogTcpSource(Source):
     """Syslog over TCP, one task per connection, batches of what each read brought."""
 
     Config = SyslogTcpConfig
-    description = "Syslog (RFC 3164/5424) over TCP, newline or octet-counted, optional TLS."
     config: Any
 
     #: Parser rules: Flume's SyslogUtils (syslogtcp/syslogudp) or SyslogParser (multiport).

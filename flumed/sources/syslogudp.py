@@ -23,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import key, prefix
-from flumed.counters import SourceCounter
+from flumed.config.keys import key, listen_claims, prefix
+from flumed.counters import UdpSourceCounter
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
@@ -61,12 +61,8 @@ class SyslogUdpConfig:
             ]
         return []
 
-
-class UdpSourceCounter(SourceCounter):
-    """Flume's source counters plus EventDroppedCount (datagrams dropped, queue full)."""
-
-    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
-    EventDroppedCount: int
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port, "udp")
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -89,13 +85,12 @@ class _Receiver(asyncio.DatagramProtocol):
 
 class SyslogUdpSource(Source):
     Config = SyslogUdpConfig
-    description = "Syslog (RFC 3164/5424) over UDP."
     config: SyslogUdpConfig
     counter: UdpSourceCounter
+    counter_class = UdpSourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = UdpSourceCounter(name)
         self.parser = SyslogParser(config.keepFields)
         self._transport: asyncio.DatagramTransport | None = None
         self._receiver: _Receiver | None = None

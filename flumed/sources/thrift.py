@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import ignored, key, listen_claims
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.rpc.thrift_protocol import (
@@ -99,6 +99,9 @@ class ThriftSourceConfig:
             problems.append("kerberos = true is not supported by flumed (SASL/GSSAPI)")
         problems += protocol_problems(self.include_protocols, self.exclude_protocols)
         return problems
+
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
 
 
 class _Connection(asyncio.Protocol):
@@ -318,7 +321,6 @@ def _keepalive(sock: Any) -> None:
 
 class ThriftSource(Source):
     Config = ThriftSourceConfig
-    description = "Thrift RPC server, compatible with Flume's ThriftSink and Thrift clients."
     config: ThriftSourceConfig
 
     def __init__(self, name: str, config: Any) -> None:
