@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench cov clean install-systemd docs
+.PHONY: install run test slow lint format bench cov clean install-systemd docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix flumed tests
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+# The long-running integration tests (100,000 messages through real brokers with SIGKILLs,
+# the file channel's random-kill soak): run by .ci/run after `make test`.
+slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # Rewrites docs/reference/*.md from the components' key declarations.
 docs: $(STAMP)

@@ -127,6 +127,12 @@ SOURCES = _table(
         "Flume's Thrift RPC server.",
     ),
     T(
+        "jms",
+        "flumed.sources.jms:JMSSource",
+        _S + "jms.JMSSource",
+        "A JMS queue or topic, spoken over STOMP (ActiveMQ, Artemis, RabbitMQ).",
+    ),
+    T(
         "kafka",
         "flumed.sources.kafka:KafkaSource",
         _S + "kafka.KafkaSource",
