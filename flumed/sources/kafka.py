@@ -4,7 +4,7 @@ Keys as Flume's: `kafka.bootstrap.servers`, `kafka.topics` (comma-separated) or
 `kafka.topics.regex`, `kafka.consumer.group.id` (flume), `batchSize` (1000),
 `batchDurationMillis` (1000), `useFlumeEventFormat`, `setTopicHeader`/`topicHeader`,
 `header.<flume header> = <kafka header>`, `backoffSleepIncrement`/`maxBackoffSleep`,
-and `kafka.consumer.*` in Kafka's spelling (see flumed.kafka_common).
+and `kafka.consumer.*` in Kafka's spelling (see flumed.kafka.options).
 
 Every event gets the headers `topic` (unless setTopicHeader = false), `partition`,
 `offset`, `timestamp` (the record's) and `key` (when the record has one). Offsets are
@@ -30,18 +30,16 @@ from aiokafka.errors import KafkaError
 from flumed.config.keys import ignored, key, prefix
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.kafka_common import (
+from flumed.kafka.counters import KafkaSourceCounter, elapsed_ms
+from flumed.kafka.logs import describe
+from flumed.kafka.options import (
     ClientOptions,
-    KafkaSourceCounter,
     client_options,
-    decode_flume_event,
-    describe,
-    elapsed_ms,
-    getmany,
     log_options,
     servers_problems,
     split_servers,
 )
+from flumed.kafka.records import decode_record, getmany
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import PollableSource, Status
 
@@ -370,6 +368,10 @@ class KafkaSource(PollableSource):
             records.extend(recs)
         return _Pending(events, origin, records, offsets, generation)
 
+    def _unreadable(self, record: Any, why: str) -> None:
+        self.counter.EventReadFail += 1
+        self._warn.warn("Source %s: %s (is useFlumeEventFormat right?)", self.name, why)
+
     def _general(
         self,
         recs: list[Any],
@@ -384,28 +386,12 @@ class KafkaSource(PollableSource):
         avro = self.config.useFlumeEventFormat
         header_map = self._header_map
         for i, r in enumerate(recs, base):
-            body = r.value if r.value is not None else b""
-            if avro:
-                try:
-                    ev = decode_flume_event(body)
-                except ValueError as e:
-                    self.counter.EventReadFail += 1
-                    self._warn.log(
-                        logging.WARNING,
-                        "Source %s: record %s-%d@%d skipped: %s (is useFlumeEventFormat right?)",
-                        self.name,
-                        r.topic,
-                        r.partition,
-                        r.offset,
-                        e,
-                    )
-                    if origin is None:
-                        origin = list(range(len(events)))
-                    continue
-                h = ev.headers
-            else:
-                h = {}
-                ev = Event(body, h)
+            ev = decode_record(r, avro, self._unreadable)
+            if ev is None:
+                if origin is None:
+                    origin = list(range(len(events)))
+                continue
+            h = ev.headers
             if "timestamp" not in h:
                 h["timestamp"] = str(r.timestamp)
             if header_map and r.headers:
