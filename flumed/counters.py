@@ -64,7 +64,7 @@ class Counter:
 
 class SourceCounter(Counter):
     TYPE = "SOURCE"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "EventReceivedCount",
         "EventAcceptedCount",
         "AppendReceivedCount",
@@ -98,7 +98,7 @@ class UdpSourceCounter(SourceCounter):
 
 class ChannelCounter(Counter):
     TYPE = "CHANNEL"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "EventPutAttemptCount",
         "EventPutSuccessCount",
         "EventTakeAttemptCount",
@@ -125,7 +125,7 @@ class ChannelCounter(Counter):
 
 class SinkCounter(Counter):
     TYPE = "SINK"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "ConnectionCreatedCount",
         "ConnectionClosedCount",
         "ConnectionFailedCount",

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from flumed.counters import Counter
 from flumed.health import Problem
+from flumed.lifecycle import LifecycleState
 from flumed.tap import HUB, MAX_LIMIT, TapSubscriber, parse_match, serve_until_done
 
 log = logging.getLogger("flumed.metrics")
@@ -186,7 +187,7 @@ class MetricsServer:
         the problems (component, what, since)."""
         states = self._health()
         problems = [p.as_json() for p in self._problems()]
-        ok = not problems and all(s == "RUNNING" for s in states.values())
+        ok = not problems and all(s == LifecycleState.RUNNING.value for s in states.values())
         return web.json_response(
             {"status": "UP" if ok else "DOWN", "problems": problems, "components": states},
             status=200 if ok else 503,

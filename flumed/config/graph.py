@@ -7,6 +7,7 @@ lists every problem found, each naming the file, the agent, the component and th
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ class ComponentSpec:
 
     name: str
     type: str
-    cls: type
+    cls: builtins.type[Any]
     config: Any
     raw: tuple[tuple[str, Any], ...]
 
@@ -72,7 +73,9 @@ def _freeze(flat: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in flat.items())
 
 
-def _section(agent: Mapping[str, Any], name: str, problems: list[str], where: str) -> dict:
+def _section(
+    agent: Mapping[str, Any], name: str, problems: list[str], where: str
+) -> dict[str, Any]:
     sec = agent.get(name, {})
     if isinstance(sec, str):  # `a1.sinks = k1 k2` listed with no keys at all
         return {n: {} for n in sec.split()}

@@ -50,7 +50,7 @@ class Partitioner:
 
     @staticmethod
     def keyed(key: bytes, partitions: list[int]) -> int:
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        return partitions[(int(murmur2(key)) & 0x7FFFFFFF) % len(partitions)]
 
 
 #: Per-record overhead in a v2 record batch, roughly (length, attributes, deltas, counts).

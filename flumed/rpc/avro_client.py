@@ -31,7 +31,8 @@ from flumed.rpc.avro_protocol import (
     read_status_response,
 )
 from flumed.rpc.avro_transport import PackConnection
-from flumed.rpc.errors import ConnectFailed, RpcError
+from flumed.rpc.errors import ConnectFailed as ConnectFailed
+from flumed.rpc.errors import RpcError as RpcError
 from flumed.rpc.stream import DeflateOrder, Layer, StreamError, build_layers
 
 #: The server hash learned per remote "host:port" (Java keeps a JVM-wide map too), so

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.event import Event
-from flumed.rpc.errors import ProtocolError, RemoteError
+from flumed.rpc.errors import ProtocolError as ProtocolError
+from flumed.rpc.errors import RemoteError as RemoteError
 
 # -- the protocol ------------------------------------------------------------------------
 

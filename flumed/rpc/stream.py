@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from flumed.rpc.errors import StreamError
+from flumed.rpc.errors import StreamError as StreamError
 
 #: Decompressed bytes produced per step, so that the framing above sees (and can refuse)
 #: an oversized frame before a compression bomb is fully inflated.

@@ -23,10 +23,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from flumed.event import Event
-from flumed.rpc.errors import ProtocolError, RemoteError
+from flumed.rpc.errors import ProtocolError as ProtocolError
+from flumed.rpc.errors import RemoteError as RemoteError
 
 Proto = Literal["compact", "binary"]
 
@@ -105,10 +106,10 @@ def check_idl() -> None:
         raise ImportError(f"{IDL_PATH.name} disagrees with thrift_protocol.py on: {bad}")
 
 
-_idl = None
+_idl: Any = None
 
 
-def load_idl():  # type: ignore[no-untyped-def]
+def load_idl() -> Any:
     """flume.thrift as a thriftpy2 module (`flume_thrift`), loaded once."""
     global _idl
     if _idl is None:

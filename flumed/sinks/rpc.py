@@ -24,11 +24,11 @@ Flume's thrift sink docs), and the client TLS keys: `ssl`, `trust-all-certs`,
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from ssl import SSLContext
 from typing import ClassVar, Protocol
 
 from flumed.config.keys import ignored, key
@@ -74,7 +74,7 @@ class ClientTlsKeys:
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 
-    def client_ssl(self, who: str) -> ssl.SSLContext | None:
+    def client_ssl(self, who: str) -> SSLContext | None:
         """The client context for `start()`, None without ssl.
 
         Raises:
@@ -157,7 +157,7 @@ class RpcSink(BatchSink):
         self.client: RpcClient | None = None
         self._open = False  # a connection counted in ConnectionCreatedCount, not yet closed
 
-    def make_client(self, ssl_context: ssl.SSLContext | None) -> RpcClient:
+    def make_client(self, ssl_context: SSLContext | None) -> RpcClient:
         """Called by `start()`: the client of `self.config`'s receiver (no I/O yet)."""
         raise NotImplementedError
 

@@ -24,7 +24,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from flumed.config.keys import ignored, key, listen_claims
 from flumed.errors import ChannelError
@@ -139,7 +139,7 @@ class _Connection(PackConnection):
             if self.admitted is False:
                 src._refuse(peer[0] if peer else "?")
                 self.closed = True
-                transport.abort()
+                cast(asyncio.Transport, transport).abort()
                 return
         super().connection_made(transport)
         if not self.ready:

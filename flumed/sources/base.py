@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 from flumed.counters import SourceCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.lifecycle import Component, LifecycleState, Status
+from flumed.lifecycle import Component, LifecycleState
+from flumed.lifecycle import Status as Status
 from flumed.routing.processor import ChannelProcessor
 
 log = logging.getLogger("flumed.sources")

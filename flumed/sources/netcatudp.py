@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from flumed.config.keys import key, listen_claims
 from flumed.counters import UdpSourceCounter
@@ -92,7 +92,7 @@ class NetcatUdpSource(Source):
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(self.config.bind, self.config.port)
         )
-        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._transport = transport
         self.port = self._transport.get_extra_info("sockname")[1]
         self._task = asyncio.create_task(self._commit_loop(), name=f"netcatudp-{self.name}")
         log.info("Source %s listening on udp %s:%d.", self.name, self.config.bind, self.port)

@@ -22,7 +22,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from flumed.config.keys import ignored, key, listen_claims, prefix
 from flumed.event import Event
@@ -80,11 +80,11 @@ def check_tcp_keys(cfg: Any) -> list[str]:
 class SyslogTcpSource(Source):
     """Syslog over TCP, one task per connection, batches of what each read brought."""
 
-    Config = SyslogTcpConfig
+    Config: ClassVar[type] = SyslogTcpConfig
     config: Any
 
     #: Parser rules: Flume's SyslogUtils (syslogtcp/syslogudp) or SyslogParser (multiport).
-    flavor = "syslogtcp"
+    flavor: ClassVar[Literal["syslogtcp", "multiport"]] = "syslogtcp"
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)

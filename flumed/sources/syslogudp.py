@@ -126,8 +126,8 @@ class SyslogUdpSource(Source):
         except OSError:
             sock.close()
             raise
-        self._receiver = _Receiver(self)
-        transport, _ = await loop.create_datagram_endpoint(lambda: self._receiver, sock=sock)
+        receiver = self._receiver = _Receiver(self)
+        transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         self._transport = transport
         self.port = sock.getsockname()[1]
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-udp")

@@ -7,15 +7,13 @@ endpoint until the null sink has taken every message. Also prints the parser alo
 
 from __future__ import annotations
 
-import gc
 import socket
-import tempfile
 import threading
 import time
-from pathlib import Path
 
+from flumed.cli import tune_gc
 from flumed.sources.syslog_parser import SyslogFramer, SyslogParser
-from tests.util import AgentProcess, free_port
+from tests.bench import _harness
 
 N = 1_000_000
 
@@ -36,7 +34,7 @@ def messages(n: int) -> bytes:
 def parser_only(data: bytes) -> tuple[float, int]:
     """(messages/s, count) for framing + parsing alone, in this process (with the
     daemon's garbage-collector thresholds)."""
-    gc.set_threshold(50_000, 50, 100)
+    tune_gc()
     framer = SyslogFramer(2500)
     parser = SyslogParser()
     step = 256 * 1024
@@ -51,41 +49,20 @@ def parser_only(data: bytes) -> tuple[float, int]:
 
 def through_agent(data: bytes, n: int) -> float:
     """Seconds from the first byte sent to the null sink having taken all `n`."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as d:
-        conf = Path(d) / "bench.toml"
-        conf.write_text(f"""
-[agents.a1.sources.r1]
-type = "syslogtcp"
-host = "127.0.0.1"
-port = {port}
-channels = ["c1"]
-[agents.a1.channels.c1]
-type = "memory"
-capacity = 100000
-transactionCapacity = 10000
-[agents.a1.sinks.k1]
-type = "null"
-channel = "c1"
-batchSize = 10000
-""")
-        agent = AgentProcess(conf).start()
-        try:
-            sock = socket.create_connection(("127.0.0.1", port))
-            t0 = time.perf_counter()
-            sender = threading.Thread(target=sock.sendall, args=(data,))
-            sender.start()
-            while agent.counter("SINK.k1", "EventDrainSuccessCount") < n:
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - t0
-            sender.join()
-            sock.close()
-            accepted = agent.counter("SOURCE.r1", "EventAcceptedCount")
-            assert accepted == n, f"accepted {accepted} of {n}"
-            assert agent.counter("SOURCE.r1", "EventReadFail") == 0
-            agent.terminate()
-        finally:
-            agent.close()
+    source = 'type = "syslogtcp"\nhost = "127.0.0.1"'
+    with _harness.agent_process(source, 10000) as (agent, port):
+        sock = socket.create_connection(("127.0.0.1", port))
+        t0 = time.perf_counter()
+        sender = threading.Thread(target=sock.sendall, args=(data,))
+        sender.start()
+        while agent.counter("SINK.k1", "EventDrainSuccessCount") < n:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        sender.join()
+        sock.close()
+        accepted = agent.counter("SOURCE.r1", "EventAcceptedCount")
+        assert accepted == n, f"accepted {accepted} of {n}"
+        assert agent.counter("SOURCE.r1", "EventReadFail") == 0
     return elapsed
 
 
