@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from flumed.counters import Counter
+
 log = logging.getLogger("flumed.lifecycle")
 
 
@@ -40,6 +42,9 @@ class Component:
     #: The dataclass of this component's keys (see flumed.config.keys).
     Config: ClassVar[type]
     # The one-line description is the type's registry row (flumed/registry.py).
+    #: Flume's counters of this component, built by its kind's base (Source, Channel,
+    #: Sink) from the kind's `counter_class`; started and stopped here.
+    counter: Counter
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
@@ -65,10 +70,12 @@ class Component:
     async def start(self) -> None:
         """Called by the agent. Raises on failure (bind error, unreadable file ...)."""
         self.state = LifecycleState.RUNNING
+        self.counter.start()
 
     async def stop(self) -> None:
         """Called by the agent. Idempotent."""
         self.state = LifecycleState.STOPPED
+        self.counter.stop()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.state.value})"

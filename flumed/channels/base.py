@@ -176,11 +176,3 @@ class Channel(Component):
     def transaction_capacity(self) -> int:
         """Most events in one transaction (the `transactionCapacity` key, by default)."""
         return int(self.config.transactionCapacity)
-
-    async def start(self) -> None:
-        await super().start()
-        self.counter.start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.counter.stop()

@@ -41,7 +41,6 @@ from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.kafka.codec import encode_flume_event
 from flumed.kafka.counters import KafkaChannelCounter, elapsed_ms
-from flumed.kafka.logs import describe
 from flumed.kafka.options import (
     ClientOptions,
     client_options,
@@ -57,7 +56,13 @@ from flumed.kafka.produce import (
     header_partition,
     producer_kwargs,
 )
-from flumed.kafka.records import decode_record, getmany
+from flumed.kafka.records import (
+    CommitError,
+    commit_offsets,
+    decode_record,
+    getmany,
+    partitions_text,
+)
 from flumed.logs import RateLimitedLog
 
 log = logging.getLogger("flumed.channels.kafka")
@@ -196,14 +201,14 @@ class _Listener(ConsumerRebalanceListener):
         for tp in revoked:
             self.channel._position.pop(tp, None)
         if revoked:
-            log.info("Channel %s: partitions revoked: %s.", self.channel.name, _tps(revoked))
+            log.info(
+                "Channel %s: partitions revoked: %s.", self.channel.name, partitions_text(revoked)
+            )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("Channel %s: partitions assigned: %s.", self.channel.name, _tps(assigned))
-
-
-def _tps(tps: set[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
+        log.info(
+            "Channel %s: partitions assigned: %s.", self.channel.name, partitions_text(assigned)
+        )
 
 
 class KafkaChannel(Channel):
@@ -385,20 +390,13 @@ class KafkaChannel(Channel):
         consumer = self._consumer
         if consumer is None or not offsets:
             return
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not offsets:
-            return
-        t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self._commit_timeout):
-                await consumer.commit(offsets)
-        except (KafkaError, OSError, TimeoutError) as e:
-            self._warn.log(
-                logging.WARNING,
+            self.counter.KafkaCommitTimer += await commit_offsets(
+                consumer, offsets, self._commit_timeout
+            )
+        except CommitError as e:
+            self._warn.warn(
                 "Channel %s: committing offsets failed (%s); those events may be taken again.",
                 self.name,
-                describe(e),
+                e,
             )
-            return
-        self.counter.KafkaCommitTimer += elapsed_ms(t0)

@@ -31,7 +31,6 @@ from flumed.config.keys import ignored, key, prefix
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.kafka.counters import KafkaSourceCounter, elapsed_ms
-from flumed.kafka.logs import describe
 from flumed.kafka.options import (
     ClientOptions,
     client_options,
@@ -39,7 +38,13 @@ from flumed.kafka.options import (
     servers_problems,
     split_servers,
 )
-from flumed.kafka.records import decode_record, getmany
+from flumed.kafka.records import (
+    CommitError,
+    commit_offsets,
+    decode_record,
+    getmany,
+    partitions_text,
+)
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import PollableSource, Status
 
@@ -131,14 +136,12 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.source._generation += 1
         if revoked:
-            log.info("Source %s: partitions revoked: %s.", self.source.name, _tps(revoked))
+            log.info(
+                "Source %s: partitions revoked: %s.", self.source.name, partitions_text(revoked)
+            )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("Source %s: partitions assigned: %s.", self.source.name, _tps(assigned))
-
-
-def _tps(tps: set[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
+        log.info("Source %s: partitions assigned: %s.", self.source.name, partitions_text(assigned))
 
 
 def _offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
@@ -298,24 +301,17 @@ class KafkaSource(PollableSource):
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit offsets of partitions still assigned. A failure only costs duplicates
         (the records are read again), so it is logged and counted, not raised."""
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not offsets:
-            return
-        t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self._commit_timeout):
-                await consumer.commit(offsets)
-        except (KafkaError, OSError, TimeoutError) as e:
+            self.counter.KafkaCommitTimer += await commit_offsets(
+                consumer, offsets, self._commit_timeout
+            )
+        except CommitError as e:
             self.counter.GenericProcessingFail += 1
-            self._warn.log(
-                logging.WARNING,
+            self._warn.warn(
                 "Source %s: committing offsets failed (%s); those records may be read again.",
                 self.name,
-                describe(e),
+                e,
             )
-            return
-        self.counter.KafkaCommitTimer += elapsed_ms(t0)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> list[tuple[TopicPartition, list[Any]]]:
         """Up to batchSize records, waiting at most batchDurationMillis in all; as
