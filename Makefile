@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test slow lint format bench cov clean install-systemd docs
+.PHONY: install run test slow fleet lint format bench cov clean install-systemd docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP) lint
 # the file channel's random-kill soak): run by .ci/run after `make test`.
 slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Agents on network namespaces with partitions, loss and restarts (tests/fleet; needs root,
+# iproute2, util-linux logger, and iptables for the lossy-link test; skips without them).
+fleet: $(STAMP)
+	$(PY) -m pytest -q tests/fleet
 
 # Rewrites docs/reference/*.md from the components' key declarations.
 docs: $(STAMP)

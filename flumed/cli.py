@@ -16,6 +16,7 @@ from flumed import __version__, registry, systemd
 from flumed.agent import DEFAULT_GRACE, Agent
 from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import is_properties, load_document
+from flumed.config.preflight import preflight
 from flumed.config.properties import properties_to_document, to_toml
 from flumed.counters import Counter
 from flumed.errors import ComponentStartError, ConfigError
@@ -194,9 +195,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for n in names:
         try:
-            build_agent(doc, n, args.file)
+            spec = build_agent(doc, n, args.file)
         except ConfigError as e:
             problems.extend(e.problems)
+            continue
+        problems.extend(preflight(spec, args.file, check_ports=args.check_ports))
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -283,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-f", "--conf-file", dest="file")
     v.add_argument("-n", "--name", default=None)
     v.add_argument("--list-types", action="store_true", help="print the component types")
+    v.add_argument(
+        "--check-ports",
+        action="store_true",
+        help="also try to bind every listening port (fails when one is taken)",
+    )
     v.set_defaults(func=cmd_validate)
 
     c = sub.add_parser("convert", help="print a Flume .properties file as TOML")

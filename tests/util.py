@@ -61,8 +61,12 @@ class AgentProcess:
         metrics: bool = True,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
+        """`wrap` is a command prefix, e.g. `["ip", "netns", "exec", NS]` (which execs, so
+        the process signalled is the agent itself)."""
         self.conf = conf
+        self.wrap = wrap or []
         self.name = name
         self.metrics_port = free_port() if metrics else None
         self.extra_args = extra_args or []
@@ -79,7 +83,7 @@ class AgentProcess:
             self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._notify.bind(self.notify_path)
         self.notifications.clear()
-        args = [sys.executable, "-m", "flumed", "agent", "-f", str(self.conf)]
+        args = [*self.wrap, sys.executable, "-m", "flumed", "agent", "-f", str(self.conf)]
         if self.name:
             args += ["-n", self.name]
         if self.metrics_port:

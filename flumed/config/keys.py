@@ -81,6 +81,18 @@ def listen_claims(
     return [(f"{transport} port {port}", key)] if port else []
 
 
+def port_of_claim(resource: str) -> tuple[Literal["tcp", "udp"], int] | None:
+    """The transport and port of a claim made by `listen_claims()`, else None."""
+    transport, sep, port = resource.partition(" port ")
+    if not sep or not port.isdigit():
+        return None
+    if transport == "tcp":
+        return "tcp", int(port)
+    if transport == "udp":
+        return "udp", int(port)
+    return None
+
+
 def key(
     default: Any = _MISSING,
     *,

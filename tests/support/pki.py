@@ -29,10 +29,11 @@ class Pki:
         return ctx
 
 
-def make_pki(d: Path) -> Pki:
-    """A CA and a certificate for localhost/127.0.0.1, made now, written into `d`."""
+def make_pki(d: Path, *names: str) -> Pki:
+    """A CA and a certificate for `names` (default localhost/127.0.0.1), made now,
+    written into `d`."""
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert = ca.issue_cert(*(names or ("localhost", "127.0.0.1")))
     pki = Pki(
         str(d / "ca.pem"),
         str(d / "chain.pem"),

@@ -3,8 +3,10 @@ multiline, push-back when the channel is full, and the configuration checks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +256,37 @@ async def test_position_not_past_uncommitted_lines(tmp_path):
     await wait_until(lambda: t.channel.size == 100, what="channel full")
     await t.stop()
     assert json.loads(t.pos.read_text())[0]["pos"] == len(lines(0, 100))
+
+
+async def test_position_written_in_the_middle_of_a_long_read(tmp_path):
+    """A backlog of many batches is one read pass; its position must still reach the file
+    every writePosInterval, so that a crash re-reads one interval, not the whole backlog
+    (found by tests/fleet: an edge killed in a 30,000-line burst)."""
+    t = Tail(tmp_path, capacity=1_000_000, batchSize=100, writePosInterval=10)
+    await t.start()
+    real = t.src.processor.process_batch
+    gate = asyncio.Event()
+    held = asyncio.Event()
+    commits: list[float] = []
+
+    async def gated(events):
+        commits.append(time.monotonic())
+        if len(commits) > 10 and commits[-1] - commits[0] > 0.05:
+            held.set()
+            await gate.wait()  # the pass stalls here, in the middle of the file
+        await real(events)
+
+    t.src.processor.process_batch = gated
+    log = t.dir / "a.log"
+    log.write_bytes(lines(0, 100_000))
+    await wait_until(held.is_set, what="the read to stall mid-file")
+    committed = (len(commits) - 1) * 100
+    saved = json.loads(t.pos.read_text())[0]["pos"] if t.pos.exists() else 0
+    assert 0 < saved <= len(lines(0, committed)), "no position written during the read"
+    gate.set()
+    assert len(await t.bodies(100_000, timeout=60)) == 100_000
+    await t.stop()
+    assert json.loads(t.pos.read_text())[0]["pos"] == log.stat().st_size
 
 
 def test_position_file_format_is_flumes():
