@@ -44,8 +44,7 @@ from flumed.kafka.counters import KafkaChannelCounter, elapsed_ms
 from flumed.kafka.options import (
     ClientOptions,
     client_options,
-    log_options,
-    servers_problems,
+    client_problems,
     split_servers,
 )
 from flumed.kafka.produce import (
@@ -94,11 +93,7 @@ class KafkaChannelConfig:
         )
 
     def check(self) -> list[str]:
-        problems = servers_problems(self.bootstrap_servers)
-        opts = self.options()
-        for o in opts:
-            problems += o.problems
-        log_options(opts)
+        problems = client_problems(self.bootstrap_servers, *self.options())
         if not LEGAL_TOPIC.match(self.topic):
             problems.append(f"key 'kafka.topic': {self.topic!r} is not a legal Kafka topic name")
         if not self.group_id:

@@ -246,3 +246,13 @@ def servers_problems(servers: str) -> list[str]:
     if bad:
         return [f"key 'kafka.bootstrap.servers': expected host:port, got {', '.join(bad)}"]
     return []
+
+
+def client_problems(servers: str, *opts: ClientOptions) -> list[str]:
+    """Config check of a Kafka component's `kafka.bootstrap.servers` and client options
+    (pure); the keys they ignore are warned about here, once."""
+    problems = servers_problems(servers)
+    for o in opts:
+        problems += o.problems
+    log_options(opts)
+    return problems

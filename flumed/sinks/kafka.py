@@ -31,8 +31,7 @@ from flumed.kafka.counters import KafkaSinkCounter
 from flumed.kafka.options import (
     ClientOptions,
     client_options,
-    log_options,
-    servers_problems,
+    client_problems,
     split_servers,
 )
 from flumed.kafka.produce import (
@@ -76,10 +75,7 @@ class KafkaSinkConfig:
         return client_options(self.producer, "producer")
 
     def check(self) -> list[str]:
-        problems = servers_problems(self.bootstrap_servers)
-        opts = self.options()
-        problems += opts.problems
-        log_options([opts])
+        problems = client_problems(self.bootstrap_servers, self.options())
         if "%{" not in self.topic and not LEGAL_TOPIC.match(self.topic):
             problems.append(
                 f"key 'kafka.topic': {self.topic!r} is not a legal Kafka topic name "

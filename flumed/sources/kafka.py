@@ -34,8 +34,7 @@ from flumed.kafka.counters import KafkaSourceCounter, elapsed_ms
 from flumed.kafka.options import (
     ClientOptions,
     client_options,
-    log_options,
-    servers_problems,
+    client_problems,
     split_servers,
 )
 from flumed.kafka.records import (
@@ -76,10 +75,7 @@ class KafkaSourceConfig:
         return client_options(self.consumer, "consumer")
 
     def check(self) -> list[str]:
-        problems = servers_problems(self.bootstrap_servers)
-        opts = self.options()
-        problems += opts.problems
-        log_options([opts])
+        problems = client_problems(self.bootstrap_servers, self.options())
         if self.topics_regex:
             try:
                 re.compile(self.topics_regex)
