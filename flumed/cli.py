@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from flumed import __version__, registry, systemd
+from flumed import __version__, registry, systemd, workers
 from flumed.agent import DEFAULT_GRACE, Agent
 from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import is_properties, load_document
@@ -31,8 +31,8 @@ DEFAULT_CONF = Path(__file__).with_name("default.toml")
 
 
 def load_spec(path: str, name: str | None) -> AgentSpec:
-    """Raises ConfigError."""
-    return build_agent(load_document(path), name, str(path))
+    """Raises ConfigError. In a worker process: that worker's share (flumed.workers)."""
+    return workers.this_process(build_agent(load_document(path), name, str(path)))
 
 
 class AgentProcess:
@@ -48,6 +48,8 @@ class AgentProcess:
 
     def _on_stop_signal(self, signame: str) -> None:
         self._signals += 1
+        if self._signals > 1 and workers.slot() is not None:
+            return  # a worker: its supervisor (and systemd) signal it; they escalate
         if self._signals > 1:
             log.warning("Second %s: stopping at once.", signame)
             os._exit(1)
@@ -91,7 +93,7 @@ class AgentProcess:
                 await self.agent.stop()
                 return 1
         runtime_started()
-        systemd.notify("READY=1")
+        systemd.notify(workers.ready_message(self.metrics.port if self.metrics else None))
         tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
         interval = systemd.watchdog_interval()
         if interval:
@@ -167,7 +169,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"flumed agent: {e}", file=sys.stderr)
         return 2
+    count, agent = workers.plan(args, load_spec)
+    if count > 1:
+        return workers.supervise(args, count, agent)
     prepare_runtime()
+    workers.setup_worker()
     return asyncio.run(AgentProcess(args).run())
 
 
@@ -248,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-n", "--name", default=None, help="agent name (optional with one agent)")
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the agent in N processes under one supervisor (default: the agent's "
+        "'workers' key, else 1); see docs/workers.md",
+    )
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
     a.add_argument(
         "--tap",

@@ -75,6 +75,11 @@ class SourceCounter(Counter):
         "EventReadFail",
         "ChannelWriteFail",
         "GenericProcessingFail",
+        # flumed's own (listening sources): connections refused past maxConnections,
+        # closed by a timeout, and accept() failures (out of file descriptors).
+        "ConnectionRefusedCount",
+        "ConnectionTimedOutCount",
+        "AcceptFailCount",
     )
     EventReceivedCount: int
     EventAcceptedCount: int
@@ -86,6 +91,9 @@ class SourceCounter(Counter):
     EventReadFail: int
     ChannelWriteFail: int
     GenericProcessingFail: int
+    ConnectionRefusedCount: int
+    ConnectionTimedOutCount: int
+    AcceptFailCount: int
 
 
 class UdpSourceCounter(SourceCounter):

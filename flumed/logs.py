@@ -16,12 +16,18 @@ class RateLimitedLog:
     callers count every occurrence in their counters.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 5.0, burst: int = 1) -> None:
         self.logger = logger
         self.interval = interval
+        #: Lines that may pass at once before the interval applies (a token bucket that
+        #: refills one line per interval): distinct problems arriving together are all
+        #: seen, a flood is not.
+        self.burst = burst
         # None, not 0.0: the first occurrence is always logged, whatever the age of the
         # monotonic clock (a fresh VM or container starts it near zero).
         self._last: float | None = None
+        self._tokens = float(burst)
+        self._refill = 0.0
         self._held = 0
 
     def warn(self, msg: str, *args: object) -> None:
@@ -31,9 +37,18 @@ class RateLimitedLog:
         """Log `msg` unless a line went out less than `interval` s ago. `exc_info`: with
         the traceback of the exception being handled."""
         now = time.monotonic()
-        if self._last is not None and now - self._last < self.interval:
-            self._held += 1
-            return
+        if self._last is not None:
+            if self.burst > 1:
+                gained = (now - self._refill) / self.interval if self.interval > 0 else self.burst
+                self._tokens = min(float(self.burst), self._tokens + gained)
+            elif now - self._last >= self.interval:
+                self._tokens = 1.0
+            self._refill = now
+            if self._tokens < 1.0:
+                self._held += 1
+                return
+        self._refill = now
+        self._tokens -= 1.0
         if self._held:
             msg += " (%d similar warnings held back)"
             args = (*args, self._held)

@@ -4,6 +4,9 @@
 `GET /metrics/prometheus` the same counters in Prometheus text format, and
 `GET /health` 200 when every component runs and nothing is stuck, else 503 with the
 problems (flumed.health); `GET /health/live` 200 while the event loop answers.
+Against hostile clients (flumed.http_server): at most MAX_CONNECTIONS connections,
+request headers within 10 s of their first byte, idle connections closed after 60 s,
+accept failures (out of file descriptors) logged and retried.
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from aiohttp import web
 
 from flumed.counters import Counter
 from flumed.health import Problem
+from flumed.http_server import GuardedEndpoint, guard_middleware
 from flumed.lifecycle import LifecycleState
 from flumed.tap import HUB, MAX_LIMIT, TapSubscriber, parse_match, serve_until_done
 
 log = logging.getLogger("flumed.metrics")
+
+#: Most connections to the endpoint at once; its header and idle timeouts are
+#: flumed.http_server's defaults (10 s, 60 s).
+MAX_CONNECTIONS = 100
 
 
 def flume_json(counters: Iterable[Counter]) -> dict[str, dict[str, str]]:
@@ -140,9 +148,11 @@ class MetricsServer:
         self.tap = tap
         self.tap_remote = tap_remote
         self._runner: web.AppRunner | None = None
+        # aiohttp alone has no header timeout and no connection cap (issue 9.4).
+        self._guard = GuardedEndpoint("Metrics endpoint", max_connections=MAX_CONNECTIONS)
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[guard_middleware(self._guard)])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/metrics/prometheus", self._prometheus)
         app.router.add_get("/health", self._healthz)
@@ -152,15 +162,17 @@ class MetricsServer:
         app.router.add_get("/", self._index)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        assert self._runner.server is not None
+        try:
+            self.port = await self._guard.start(self._runner.server, self.host, self.port)
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         log.info("Metrics served on http://%s:%d/metrics.", self.host, self.port)
 
     async def stop(self) -> None:
+        await self._guard.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -195,10 +195,46 @@ SINKS = _table(
         "Sends batches over Flume's Thrift RPC.",
     ),
     T(
+        "hdfs",
+        "flumed.sinks.hdfs:HDFSEventSink",
+        _K + "hdfs.HDFSEventSink",
+        "Writes events into bucketed, rolled files, local or on HDFS (WebHDFS).",
+    ),
+    T(
         "kafka",
         "flumed.sinks.kafka:KafkaSink",
         _K + "kafka.KafkaSink",
         "Publishes events to Kafka topics.",
+    ),
+    T(
+        "http",
+        "flumed.sinks.http:HttpSink",
+        _K + "http.HttpSink",
+        "POSTs events to an HTTP endpoint, one per request or batched.",
+    ),
+    T(
+        "elasticsearch",
+        "flumed.sinks.elasticsearch:ElasticSearchSink",
+        _K + "elasticsearch.ElasticSearchSink",
+        "Indexes events into Elasticsearch/OpenSearch (_bulk), with a dead-letter file.",
+    ),
+    T(
+        "hbase",
+        "flumed.sinks.hbase:HBaseSink",
+        _K + "hbase.HBaseSink",
+        "Rows and counters into HBase, through the HBase REST gateway.",
+    ),
+    T(
+        "hbase2",
+        "flumed.sinks.hbase:HBase2Sink",
+        _K + "hbase2.HBase2Sink",
+        "Flume's HBase2Sink: as hbase, through the HBase REST gateway.",
+    ),
+    T(
+        "asynchbase",
+        "flumed.sinks.hbase:AsyncHBaseSink",
+        _K + "hbase.AsyncHBaseSink",
+        "Flume's AsyncHBaseSink: as hbase, through the HBase REST gateway.",
     ),
 )
 

@@ -1,24 +1,35 @@
-"""TLS from PEM files, with Flume's protocol keys, for sources and sinks.
+"""TLS from PEM files, with Flume's keys, for sources and sinks: one key set each side.
 
 Flume reads a Java keystore (`keystore`, `keystore-password`, `keystore-type`); flumed
-reads a PEM certificate chain and a PEM private key instead. The keys, shared by the
-sources that offer TLS (`syslogtcp`, `multiport_syslogtcp`, `http`, `avro`, `thrift`):
+reads a PEM certificate chain and a PEM private key instead. `ServerTlsKeys` is the key
+set every TLS-capable source includes (`syslogtcp`, `multiport_syslogtcp`, `http`,
+`avro`, `thrift`), Flume's spellings as aliases:
 
-- `ssl` (false): serve TLS.
-- `certificate`: PEM file with the server certificate (and its chain).
-- `key`: PEM file with the private key (may be the certificate file itself).
-- `key-password`: the key's passphrase, if it is encrypted.
-- `exclude-protocols` (`SSLv3`) / `include-protocols`: space-separated protocol names
-  (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`); they set the lowest and highest version.
+- `ssl` (alias `enableSSL`; false): serve TLS.
+- `certificate` (alias `keystore`): PEM file with the server certificate (and its chain).
+  A Java keystore (`.jks`, `.p12`, `.pfx`, `.keystore`, or `keystore-type` other than
+  PEM) is refused with a message saying how to convert it.
+- `key` (alias `keystore-key`): PEM file with the private key (may be the certificate file).
+- `key-password` (aliases `keystore-password`, `keystorePassword`): the key's passphrase.
+- `keystore-type` (PEM): only PEM is read.
+- `exclude-protocols` (alias `excludeProtocols`; `SSLv3`) / `include-protocols`:
+  space-separated protocol names (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`); they set the
+  lowest and highest version.
+- `exclude-cipher-suites` / `include-cipher-suites`: accepted and ignored with a warning
+  (Java suite names; OpenSSL's defaults apply).
 
-A Flume `keystore` is refused with a message saying how to convert it.
+`ClientTlsKeys` is the sinks' side: `ssl`, `truststore` (a PEM CA file; else the system
+CAs), `truststore-type` (PEM), `trust-all-certs`, `ssl-verify-hostname`, and the protocol
+keys (`truststore-password` and the cipher-suite keys are ignored with a warning).
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from flumed.config.keys import ignored, key
 from flumed.errors import ComponentStartError
 
 _ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
@@ -54,26 +65,6 @@ def protocol_problems(include: Sequence[str], exclude: Sequence[str]) -> list[st
     if len(allowed) != _ORDER.index(allowed[-1]) - _ORDER.index(allowed[0]) + 1:
         return ["include-protocols/exclude-protocols must leave a contiguous range"]
     return []
-
-
-def check_tls(
-    enabled: bool,
-    certificate: str | None,
-    keystore: str | None,
-    include: Sequence[str],
-    exclude: Sequence[str],
-) -> list[str]:
-    """Config check of a TLS server's keys, named as the other TLS sources name them."""
-    problems = []
-    if keystore:
-        problems.append(
-            "key 'keystore': Java keystores are not read by flumed; export the certificate "
-            "and key as PEM (e.g. `keytool -importkeystore -deststoretype PKCS12` then "
-            "`openssl pkcs12 -nodes`) and set 'certificate' and 'key'"
-        )
-    if enabled and not certificate:
-        problems.append("ssl = true needs key 'certificate' (a PEM file)")
-    return problems + protocol_problems(include, exclude)
 
 
 def _limit_versions(ctx: ssl.SSLContext, include: Sequence[str], exclude: Sequence[str]) -> None:
@@ -166,3 +157,107 @@ def start_client_context(
         return client_context(cafile, trust_all, verify_hostname, include, exclude)
     except (OSError, ssl.SSLError, ValueError) as e:
         raise ComponentStartError(f"{who}: cannot load truststore {cafile!r}: {e}") from e
+
+
+# -- the key sets ------------------------------------------------------------------------
+
+_JAVA_STORES = (".jks", ".p12", ".pfx", ".keystore", ".pkcs12")
+
+#: Flume TLS keys accepted without effect; merge into a config's IGNORED.
+TLS_IGNORED = ignored("exclude-cipher-suites", "include-cipher-suites")
+CLIENT_TLS_IGNORED = ignored(
+    "truststore-password", "exclude-cipher-suites", "include-cipher-suites"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerTlsKeys:
+    """The TLS keys of a TLS-capable source (a dataclass mixin; see the module doc)."""
+
+    ssl: bool = key(False, aliases=("enableSSL",), doc="Serve TLS.")
+    certificate: str | None = key(
+        None, aliases=("keystore",), doc="PEM certificate (chain) file, with ssl."
+    )
+    key_file: str | None = key(
+        None, name="key", aliases=("keystore-key",), doc="PEM private key file, with ssl."
+    )
+    key_password: str | None = key(
+        None, name="key-password", aliases=("keystore-password", "keystorePassword")
+    )
+    keystore_type: str = key("PEM", name="keystore-type", doc="Only PEM is read.")
+    exclude_protocols: list[str] = key(
+        ["SSLv3"], name="exclude-protocols", aliases=("excludeProtocols",)
+    )
+    include_protocols: list[str] = key([], name="include-protocols")
+
+    def tls_problems(self, cert_key: str = "certificate") -> list[str]:
+        """Config check of these keys (pure). `cert_key`: the certificate's key name as
+        the source's Flume documentation spells it (`keystore` for thrift)."""
+        problems = []
+        java = self.keystore_type.upper() != "PEM" or (
+            self.certificate is not None and self.certificate.lower().endswith(_JAVA_STORES)
+        )
+        if java:
+            problems.append(
+                f"keystore-type {self.keystore_type!r} / key 'keystore': Java keystores are "
+                "not read by flumed (JKS/PKCS12); export the certificate and key as PEM (e.g. "
+                "`keytool -importkeystore -deststoretype PKCS12` then `openssl pkcs12 -nodes`) "
+                "and set 'certificate' and 'key'"
+            )
+        if self.ssl and not self.certificate:
+            # Each source's wording as before: "key 'certificate'" / Flume thrift's 'keystore'.
+            named = "key 'certificate'" if cert_key == "certificate" else f"'{cert_key}'"
+            alias = "keystore" if cert_key == "certificate" else "certificate"
+            problems.append(
+                f"ssl = true needs {named} (a PEM file with the certificate chain; alias '{alias}')"
+            )
+        return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
+
+    def server_ssl(self, who: str) -> ssl.SSLContext | None:
+        """The server context for `start()`, None without ssl. Raises ComponentStartError."""
+        if not self.ssl:
+            return None
+        assert self.certificate is not None
+        return start_server_context(
+            who,
+            self.certificate,
+            self.key_file,
+            self.key_password,
+            self.include_protocols,
+            self.exclude_protocols,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientTlsKeys:
+    """The TLS keys of a TLS-capable sink (a dataclass mixin; see the module doc)."""
+
+    ssl: bool = key(False)
+    trust_all_certs: bool = key(False, name="trust-all-certs")
+    truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
+    truststore_type: str = key("PEM", name="truststore-type")
+    include_protocols: list[str] = key([], name="include-protocols")
+    exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
+    ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
+
+    def tls_problems(self) -> list[str]:
+        problems = []
+        if self.truststore_type.upper() != "PEM":
+            problems.append(
+                f"truststore-type {self.truststore_type!r}: flumed reads a PEM file of CA "
+                "certificates (export them with `keytool -exportcert -rfc`)"
+            )
+        return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
+
+    def client_ssl(self, who: str) -> ssl.SSLContext | None:
+        """The client context for `start()`, None without ssl. Raises ComponentStartError."""
+        if not self.ssl:
+            return None
+        return start_client_context(
+            who,
+            self.truststore,
+            self.trust_all_certs,
+            self.ssl_verify_hostname,
+            self.include_protocols,
+            self.exclude_protocols,
+        )

@@ -67,6 +67,8 @@ class AgentSpec:
     channels: dict[str, ComponentSpec]
     sinks: dict[str, SinkSpec]
     sinkgroups: dict[str, SinkGroupSpec]
+    #: Agent-level `workers`: processes running this graph (flumed.workers).
+    workers: int = 1
 
 
 def _freeze(flat: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -172,8 +174,9 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     if not isinstance(a, Mapping):
         raise ConfigError(f"{where}: must be a table")
     for k in a:
-        if k not in ("sources", "channels", "sinks", "sinkgroups"):
+        if k not in ("sources", "channels", "sinks", "sinkgroups", "workers"):
             problems.append(f"{where}: unknown key '{k}'")
+    workers = _workers(a.get("workers", 1), where, problems)
 
     channels: dict[str, ComponentSpec] = {}
     for name, sec in _section(a, "channels", problems, where).items():
@@ -301,7 +304,17 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     for c in channels:
         if c not in used:
             log.warning("%s: channel %s is connected to nothing.", where, c)
-    return AgentSpec(agent, sources, channels, sinks, groups)
+    return AgentSpec(agent, sources, channels, sinks, groups, workers)
+
+
+def _workers(value: Any, where: str, problems: list[str]) -> int:
+    """The agent-level key `workers` (TOML integer, or a properties string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        problems.append(f"{where}: key 'workers': {value!r} is not a number of processes (1-256)")
+        return 1
+    return value
 
 
 def _check_resources(

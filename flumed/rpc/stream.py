@@ -95,7 +95,7 @@ class TlsLayer(Layer):
         except ssl.SSLWantReadError:
             return
         except ssl.SSLError as e:
-            raise StreamError(f"TLS handshake failed: {e}") from None
+            raise StreamError(f"TLS handshake failed: {e.reason or e}") from None
         self.ready = True
         held, self._held = self._held, []
         for data in held:
@@ -117,7 +117,7 @@ class TlsLayer(Layer):
             except ssl.SSLZeroReturnError:
                 return  # close_notify: the TCP close follows
             except ssl.SSLError as e:
-                raise StreamError(f"TLS error: {e}") from None
+                raise StreamError(f"TLS error: {e.reason or e}") from None
             if not piece:
                 return
             yield piece
@@ -129,7 +129,7 @@ class TlsLayer(Layer):
         try:
             self._obj.write(data)
         except ssl.SSLError as e:
-            raise StreamError(f"TLS error: {e}") from None
+            raise StreamError(f"TLS error: {e.reason or e}") from None
         return self._out.read()
 
     def pending_out(self) -> bytes:

@@ -1,5 +1,5 @@
 """The RPC sink base (Flume's AbstractRpcSink): `RpcSink` over an `RpcClient`, and the
-keys every RPC sink shares (`RpcSinkKeys`, with the client TLS keys `ClientTlsKeys`).
+keys every RPC sink shares (`RpcSinkKeys`, with the client TLS keys `tls.ClientTlsKeys`).
 
 The `avro` and `thrift` sinks are this base plus a client. Per `process()` call:
 
@@ -31,65 +31,15 @@ from enum import Enum
 from ssl import SSLContext
 from typing import ClassVar, Protocol
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import key
 from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.rpc.errors import ConnectFailed, RpcError
 from flumed.sinks.base import BatchSink
-from flumed.tls import protocol_problems, start_client_context
+from flumed.tls import CLIENT_TLS_IGNORED as CLIENT_TLS_IGNORED
+from flumed.tls import ClientTlsKeys
 
 log = logging.getLogger("flumed.sinks")
-
-# The client TLS key set. The same set is being made shared by sources and sinks in
-# flumed/tls.py (ServerTlsKeys / ClientTlsKeys); this block has its interface
-# (`tls_problems()`, `client_ssl(who)`) so that it can be replaced by an import.
-
-#: Flume client TLS keys accepted without effect; merge into a config's IGNORED.
-CLIENT_TLS_IGNORED = ignored(
-    "truststore-password", "exclude-cipher-suites", "include-cipher-suites"
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientTlsKeys:
-    """The TLS keys of a TLS-capable sink (a dataclass mixin; see the module doc)."""
-
-    ssl: bool = key(False, doc="Connect with TLS.")
-    trust_all_certs: bool = key(False, name="trust-all-certs", doc="No certificate checks.")
-    truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
-    truststore_type: str = key("PEM", name="truststore-type", doc="Only PEM is read.")
-    include_protocols: list[str] = key([], name="include-protocols", doc="e.g. TLSv1.2 TLSv1.3")
-    exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
-    ssl_verify_hostname: bool = key(
-        True, name="ssl-verify-hostname", doc="Check the certificate names `hostname`."
-    )
-
-    def tls_problems(self) -> list[str]:
-        """Config check of these keys (pure)."""
-        problems = []
-        if self.truststore_type.upper() != "PEM":
-            problems.append(
-                f"truststore-type {self.truststore_type!r} is not supported: flumed reads a "
-                "PEM file of CA certificates (export them with keytool -exportcert -rfc)"
-            )
-        return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
-
-    def client_ssl(self, who: str) -> SSLContext | None:
-        """The client context for `start()`, None without ssl.
-
-        Raises:
-            ComponentStartError: the truststore cannot be read.
-        """
-        if not self.ssl:
-            return None
-        return start_client_context(
-            who,
-            self.truststore,
-            self.trust_all_certs,
-            self.ssl_verify_hostname,
-            self.include_protocols,
-            self.exclude_protocols,
-        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from flumed.sources.base import Source
 from flumed.sources.syslog_parser import SyslogParser
 from flumed.sources.syslogtcp import resolve_name
 from flumed.sources.tcp import STOP_GRACE, commit_held
+from flumed.workers import sharing_ports
 
 log = logging.getLogger("flumed.sources.syslog")
 
@@ -120,6 +121,8 @@ class SyslogUdpSource(Source):
             socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_DGRAM
         )
         try:
+            if sharing_ports():  # a worker: the port is shared with the others
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if cfg.receiveBufferBytes:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receiveBufferBytes)
             sock.bind((cfg.host, cfg.port))
