@@ -28,6 +28,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ssl import SSLContext  # the key sets below have a field named `ssl`
 
 from flumed.config.keys import ignored, key
 from flumed.errors import ComponentStartError
@@ -213,7 +214,7 @@ class ServerTlsKeys:
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 
-    def server_ssl(self, who: str) -> ssl.SSLContext | None:
+    def server_ssl(self, who: str) -> SSLContext | None:
         """The server context for `start()`, None without ssl. Raises ComponentStartError."""
         if not self.ssl:
             return None
@@ -249,7 +250,7 @@ class ClientTlsKeys:
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 
-    def client_ssl(self, who: str) -> ssl.SSLContext | None:
+    def client_ssl(self, who: str) -> SSLContext | None:
         """The client context for `start()`, None without ssl. Raises ComponentStartError."""
         if not self.ssl:
             return None

@@ -137,7 +137,7 @@ class Decision:
         return hit
 
 
-_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring
 
 
 def _escape(template: str, headers: dict[str, str]) -> str:

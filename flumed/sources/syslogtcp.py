@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from flumed.config.keys import key, listen_claims, prefix
 from flumed.event import Event
@@ -67,11 +67,11 @@ def check_tcp_keys(cfg: Any) -> list[str]:
 class SyslogTcpSource(ListeningSource):
     """Syslog over TCP, one task per connection, batches of what each read brought."""
 
-    Config = SyslogTcpConfig
+    Config: ClassVar[type] = SyslogTcpConfig
     config: Any
 
     #: Parser rules: Flume's SyslogUtils (syslogtcp/syslogudp) or SyslogParser (multiport).
-    flavor = "syslogtcp"
+    flavor: ClassVar[Literal["syslogtcp", "multiport"]] = "syslogtcp"
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)

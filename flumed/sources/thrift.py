@@ -36,6 +36,7 @@ from flumed.rpc.stream import Layer, StreamError, build_layers
 from flumed.rpc.thrift_protocol import (
     DEFAULT_MAX_FRAME,
     UNKNOWN_METHOD,
+    Call,
     FrameDecoder,
     LimitExceeded,
     Limits,
@@ -119,14 +120,14 @@ class ThriftSource(RpcServerSource):
             else:
                 call = decode_call(payload, self._limits)
         except LimitExceeded as e:
-            call = getattr(e, "call", None)
+            refused: Call | None = getattr(e, "call", None)
             self.counter.EventReadFail += 1
             self._warn(
                 "Source %s: refused a call from %s: %s.", self.name, conn.peer, e, kind="limit"
             )
-            if call is None:
+            if refused is None:
                 return b"", f"malformed Thrift message: {e}"
-            return encode_exception(call, _LIMIT_ERROR, str(e)), None
+            return encode_exception(refused, _LIMIT_ERROR, str(e)), None
         except ProtocolError as e:
             return b"", f"malformed Thrift message: {e}"
         if call.events is None:
