@@ -9,8 +9,9 @@ serves `/metrics` (sums per component), `/metrics/workers` (each worker's counte
 and `/health` by asking the workers' own endpoints on private loopback ports.
 
 A worker differs from a lone agent in three ways (docs/workers.md):
-- every listening socket its event loop opens has SO_REUSEPORT, so the kernel spreads
-  the connections (and UDP senders) of one port over the workers;
+- every listening socket has SO_REUSEPORT (the event loop's own servers through
+  `_ReusePort`; sources that bind their own sockets ask `sharing_ports()`), so the
+  kernel spreads the connections (and UDP senders) of one port over the workers;
 - sources that cannot be split (`SINGLE_WORKER_SOURCES`) run in worker 0 only;
 - workers 1..N-1 keep their state apart: file channel directories get `-worker<i>`,
   file_roll file names the prefix `worker<i>-`. Worker 0 uses the paths as configured,

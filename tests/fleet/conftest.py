@@ -29,8 +29,18 @@ def namespaces() -> Iterator[None]:
     netns.sweep()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keeps each phase's report on the item, so that a fixture can tell a failure."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
 @pytest.fixture
-def fleet_factory(namespaces: None, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+def fleet_factory(
+    namespaces: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Fleet]]:
     made: list[Fleet] = []
 
     def make(**kw: object) -> Fleet:
@@ -41,7 +51,10 @@ def fleet_factory(namespaces: None, tmp_path: Path) -> Iterator[Callable[..., Fl
     try:
         yield make
     finally:
+        rep = getattr(request.node, "rep_call", None)
         for f in made:
+            if rep is not None and rep.failed:
+                print(f.diagnose())
             f.close()
 
 

@@ -7,7 +7,9 @@ that every event of every edge is in Kafka, with duplicates under the bound.
 
 The duplicate bound: a fault can make each hop it cuts resend the one batch it had in
 flight (the receiver kept it, the sender never heard so). Per edge that is BATCH per
-hop cut per fault occurrence; `bound()` spells it out in each test.
+hop cut per fault occurrence (`bound()` spells it out in each test), plus one batch per
+call of the edge's own that failed: on a loaded machine a call can time out outside
+the fault, and it is resent just the same.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def bound(occurrences: int, hops: int) -> int:
     return occurrences * hops * BATCH
 
 
+def _failed_calls(fleet: Fleet, e: str) -> int:
+    """Calls of edge `e` that failed after being sent (since its last start): each may
+    have left its batch with a collector, to be sent again."""
+    return sum(fleet.counter(e, f"SINK.{c}", "EventWriteFail") for c in fleet.collectors)
+
+
 def _finish(
     report: Report,
     fleet: Fleet,
@@ -47,13 +55,17 @@ def _finish(
     dup_bound: int,
     extra: dict[Key, int] | None = None,
 ) -> None:
+    """Stop the feeders, wait for every event, report, and check: 0 lost, and per edge at
+    most `dup_bound` duplicates plus one batch per call of its own that failed (a call
+    that timed out on a loaded machine is resent like one the fault cut)."""
+    failed = {e: _failed_calls(fleet, e) for e in fleet.edges}
     v = fleet.finish(extra)
     dups = {e: v.dups.get(e, 0) for e in fleet.edges}
     report(
         f"backlog in Kafka {drain:.1f} s after the fault ended; {v.total} records, "
-        f"duplicates per edge {dups} (bound {dup_bound})"
+        f"duplicates per edge {dups} (bound {dup_bound} + {BATCH} per failed call: {failed})"
     )
-    check(v, dup_bound, fleet.edges)
+    check(v, {e: dup_bound + BATCH * failed[e] for e in fleet.edges})
 
 
 def _back(fleet: Fleet, c: str) -> None:
@@ -241,8 +253,9 @@ def test_edge_killed_mid_file(fleet_factory: FleetFactory, report: Report) -> No
         after = sum(k - 1 for n, k in seen.items() if n >= resume)
     report(f"duplicates of {e}'s lines before line {resume}: {before}; from it on: {after}")
     # taildir never reads before its saved position again: duplicates there can only be
-    # the avro sink's batch in flight.
-    assert before <= BATCH, f"{before} duplicates before taildir's saved position"
+    # the avro sink's batch in flight (and one per call that failed since the restart).
+    allowed = BATCH * (1 + _failed_calls(fleet, e))
+    assert before <= allowed, f"{before} duplicates before taildir's saved position"
 
 
 def test_send_and_http_reach_collectors_across_hosts(
