@@ -28,6 +28,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ssl import SSLContext  # the key sets below have a field named `ssl`
 
 from flumed.config.keys import ignored, key
 from flumed.errors import ComponentStartError
@@ -213,7 +214,7 @@ class ServerTlsKeys:
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 
-    def server_ssl(self, who: str) -> ssl.SSLContext | None:
+    def server_ssl(self, who: str) -> SSLContext | None:
         """The server context for `start()`, None without ssl. Raises ComponentStartError."""
         if not self.ssl:
             return None
@@ -232,13 +233,15 @@ class ServerTlsKeys:
 class ClientTlsKeys:
     """The TLS keys of a TLS-capable sink (a dataclass mixin; see the module doc)."""
 
-    ssl: bool = key(False)
-    trust_all_certs: bool = key(False, name="trust-all-certs")
+    ssl: bool = key(False, doc="Connect with TLS.")
+    trust_all_certs: bool = key(False, name="trust-all-certs", doc="No certificate checks.")
     truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
-    truststore_type: str = key("PEM", name="truststore-type")
-    include_protocols: list[str] = key([], name="include-protocols")
+    truststore_type: str = key("PEM", name="truststore-type", doc="Only PEM is read.")
+    include_protocols: list[str] = key([], name="include-protocols", doc="e.g. TLSv1.2 TLSv1.3")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
-    ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
+    ssl_verify_hostname: bool = key(
+        True, name="ssl-verify-hostname", doc="Check the certificate names `hostname`."
+    )
 
     def tls_problems(self) -> list[str]:
         problems = []
@@ -249,7 +252,7 @@ class ClientTlsKeys:
             )
         return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
 
-    def client_ssl(self, who: str) -> ssl.SSLContext | None:
+    def client_ssl(self, who: str) -> SSLContext | None:
         """The client context for `start()`, None without ssl. Raises ComponentStartError."""
         if not self.ssl:
             return None

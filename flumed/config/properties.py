@@ -79,8 +79,8 @@ def _to_plain(node: _Node) -> Any:
     table = {}
     order = names if names is not None else list(node.children)
     for k in order:
-        child = node.children.get(k)
-        table[k] = _to_plain(child) if child is not None else {}
+        found = node.children.get(k)
+        table[k] = _to_plain(found) if found is not None else {}
     return table
 
 

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from flumed.config.keys import key, prefix
+from flumed.config.keys import key, listen_claims, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
 from flumed.http_server import (
@@ -388,6 +388,9 @@ class HTTPSourceConfig(ListenerKeys, ServerTlsKeys):
             )
         return problems
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 class HTTPSource(ListeningSource):
     """An aiohttp server; each request is parsed by the handler and committed as one batch.
@@ -398,7 +401,6 @@ class HTTPSource(ListeningSource):
     """
 
     Config = HTTPSourceConfig
-    description = "Events over HTTP POST (Flume's JSON or blob handlers), optional TLS."
     config: HTTPSourceConfig
 
     def __init__(self, name: str, config: Any) -> None:
