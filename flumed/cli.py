@@ -18,6 +18,7 @@ from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import is_properties, load_config
 from flumed.config.preflight import preflight
 from flumed.config.properties import properties_to_document, to_toml
+from flumed.counters import Counter
 from flumed.errors import ComponentStartError, ConfigError
 from flumed.health import DEFAULT_HEALTH_GRACE, HealthCheck
 from flumed.logs import FORMATS, LEVELS, setup_logging
@@ -108,10 +109,7 @@ class AgentProcess:
                 log.error("Metrics endpoint on port %s failed to start: %s", args.metrics_port, e)
                 await self.agent.stop()
                 return 1
-        # Everything built at start-up lives as long as the process: keep it out of
-        # the cyclic collector's generations (DESIGN.md, performance notes).
-        gc.collect()
-        gc.freeze()
+        runtime_started()
         systemd.notify(workers.ready_message(self.metrics.port if self.metrics else None))
         tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
         interval = systemd.watchdog_interval()
@@ -129,7 +127,7 @@ class AgentProcess:
         await self.agent.stop()
         return 0
 
-    def _counters(self) -> list:
+    def _counters(self) -> list[Counter]:
         return self.agent.counters() if self.agent else []
 
     def _health(self) -> dict[str, str]:
@@ -156,11 +154,23 @@ class AgentProcess:
             systemd.notify("READY=1")
 
 
-def _install_loop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
+def prepare_runtime() -> None:
+    """The runtime an agent runs in, set up before its event loop: uvloop's loop policy
+    and the tuned cyclic GC. Used by `flumed agent` and by the benchmarks
+    (tests/bench/_harness.py), so their figures are the daemon's; `runtime_started()`
+    follows once the agent started."""
+    import uvloop  # here: validate and the other commands never run a loop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    tune_gc()
+
+
+def runtime_started() -> None:
+    """Called once an agent started: everything built at start-up lives as long as the
+    process, so keep it out of the cyclic collector's generations (DESIGN.md,
+    performance notes)."""
+    gc.collect()
+    gc.freeze()
 
 
 def tune_gc() -> None:
@@ -179,9 +189,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     count, agent = workers.plan(args, lambda f, n: load_spec(f, n, sysprops(args)))
     if count > 1:
         return workers.supervise(args, count, agent)
-    _install_loop()
+    prepare_runtime()
     workers.setup_worker()
-    tune_gc()
     return asyncio.run(AgentProcess(args).run())
 
 
@@ -346,12 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands that live beside their component (e.g. `send` in flumed.rpc)."""
-    with contextlib.suppress(ImportError):
-        from flumed.rpc.send import add_parser
+    from flumed.rpc.send import add_parser
 
-        add_parser(sub)
+    add_parser(sub)
     from flumed.channels.file_recover import add_parser as add_recover_parser
 
     add_recover_parser(sub)

@@ -64,7 +64,7 @@ class Counter:
 
 class SourceCounter(Counter):
     TYPE = "SOURCE"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "EventReceivedCount",
         "EventAcceptedCount",
         "AppendReceivedCount",
@@ -96,9 +96,17 @@ class SourceCounter(Counter):
     AcceptFailCount: int
 
 
+class UdpSourceCounter(SourceCounter):
+    """Flume's source counters, plus the datagrams dropped while the channel was full
+    (a UDP sender cannot be pushed back)."""
+
+    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
+    EventDroppedCount: int
+
+
 class ChannelCounter(Counter):
     TYPE = "CHANNEL"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "EventPutAttemptCount",
         "EventPutSuccessCount",
         "EventTakeAttemptCount",
@@ -125,7 +133,7 @@ class ChannelCounter(Counter):
 
 class SinkCounter(Counter):
     TYPE = "SINK"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "ConnectionCreatedCount",
         "ConnectionClosedCount",
         "ConnectionFailedCount",

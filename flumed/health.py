@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from flumed.lifecycle import LifecycleState
+
 #: Seconds a sink may fail while its channel holds events before /health reports it.
 DEFAULT_HEALTH_GRACE = 30.0
 
@@ -63,9 +65,8 @@ class HealthCheck:
         for kind, comps in (("SOURCE", a.sources), ("CHANNEL", a.channels), ("SINK", a.sinks)):
             for name, comp in comps.items():
                 label = f"{kind}.{name}"
-                state = getattr(comp.state, "value", str(comp.state))
-                if state != "RUNNING":
-                    self._observed(label, f"not running: {state}", now, out)
+                if comp.state is not LifecycleState.RUNNING:
+                    self._observed(label, f"not running: {comp.state.value}", now, out)
                 out.extend(Problem(label, what, since) for what, since in comp.problems())
         for name, ch in a.channels.items():
             label = f"CHANNEL.{name}"

@@ -33,7 +33,9 @@ class RateLimitedLog:
     def warn(self, msg: str, *args: object) -> None:
         self.log(logging.WARNING, msg, *args)
 
-    def log(self, level: int, msg: str, *args: object) -> None:
+    def log(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        """Log `msg` unless a line went out less than `interval` s ago. `exc_info`: with
+        the traceback of the exception being handled."""
         now = time.monotonic()
         if self._last is not None:
             if self.burst > 1:
@@ -52,7 +54,7 @@ class RateLimitedLog:
             args = (*args, self._held)
         self._last = now
         self._held = 0
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
 
 
 class OneLineFormatter(logging.Formatter):

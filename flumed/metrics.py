@@ -21,6 +21,7 @@ from aiohttp import web
 from flumed.counters import Counter
 from flumed.health import Problem
 from flumed.http_server import GuardedEndpoint, guard_middleware
+from flumed.lifecycle import LifecycleState
 from flumed.tap import HUB, MAX_LIMIT, TapSubscriber, parse_match, serve_until_done
 
 log = logging.getLogger("flumed.metrics")
@@ -198,7 +199,7 @@ class MetricsServer:
         the problems (component, what, since)."""
         states = self._health()
         problems = [p.as_json() for p in self._problems()]
-        ok = not problems and all(s == "RUNNING" for s in states.values())
+        ok = not problems and all(s == LifecycleState.RUNNING.value for s in states.values())
         return web.json_response(
             {"status": "UP" if ok else "DOWN", "problems": problems, "components": states},
             status=200 if ok else 503,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from ssl import SSLContext  # the key sets below have a field named `ssl`
 
 from flumed import keystores
 from flumed.config.keys import key
@@ -240,7 +241,7 @@ class ServerTlsKeys:
             + cipher_problems(self.include_cipher_suites, self.exclude_cipher_suites)
         )
 
-    def server_ssl(self, who: str) -> ssl.SSLContext | None:
+    def server_ssl(self, who: str) -> SSLContext | None:
         """The server context for `start()`, None without ssl. Raises ComponentStartError."""
         if not self.ssl:
             return None
@@ -260,18 +261,20 @@ class ServerTlsKeys:
 class ClientTlsKeys:
     """The TLS keys of a TLS-capable sink (a dataclass mixin; see the module doc)."""
 
-    ssl: bool = key(False)
-    trust_all_certs: bool = key(False, name="trust-all-certs")
+    ssl: bool = key(False, doc="Connect with TLS.")
+    trust_all_certs: bool = key(False, name="trust-all-certs", doc="No certificate checks.")
     truststore: str | None = key(
         None, doc="Trusted CAs: a PEM file or a JKS/JCEKS/PKCS12 truststore"
     )
     truststore_type: str = key("PEM", name="truststore-type", doc="Found from the content.")
     truststore_password: str | None = key(None, name="truststore-password")
-    include_protocols: list[str] = key([], name="include-protocols")
+    include_protocols: list[str] = key([], name="include-protocols", doc="e.g. TLSv1.2 TLSv1.3")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
     include_cipher_suites: list[str] = key([], name="include-cipher-suites")
     exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
-    ssl_verify_hostname: bool = key(True, name="ssl-verify-hostname")
+    ssl_verify_hostname: bool = key(
+        True, name="ssl-verify-hostname", doc="Check the certificate names `hostname`."
+    )
 
     def tls_problems(self) -> list[str]:
         problems = []
@@ -286,7 +289,7 @@ class ClientTlsKeys:
             + cipher_problems(self.include_cipher_suites, self.exclude_cipher_suites)
         )
 
-    def client_ssl(self, who: str) -> ssl.SSLContext | None:
+    def client_ssl(self, who: str) -> SSLContext | None:
         """The client context for `start()`, None without ssl. Raises ComponentStartError."""
         if not self.ssl:
             return None

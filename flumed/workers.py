@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -68,7 +68,10 @@ def slot() -> tuple[int, int] | None:
     return int(i), int(n)
 
 
-def _with_suffix(spec: ComponentSpec, **changes: Any) -> ComponentSpec:
+_Spec = TypeVar("_Spec", bound=ComponentSpec)
+
+
+def _with_suffix(spec: _Spec, **changes: Any) -> _Spec:
     return dataclasses.replace(spec, config=dataclasses.replace(spec.config, **changes))
 
 
@@ -361,7 +364,8 @@ class Supervisor:
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 all_ready = asyncio.ensure_future(asyncio.gather(*waits))
-                done, _ = await asyncio.wait({all_ready, fail, stop}, return_when="FIRST_COMPLETED")
+                aws: set[asyncio.Future[Any]] = {all_ready, fail, stop}
+                done, _ = await asyncio.wait(aws, return_when="FIRST_COMPLETED")
                 if all_ready not in done:
                     all_ready.cancel()
                     return False

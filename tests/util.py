@@ -14,7 +14,6 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -158,15 +157,6 @@ class AgentProcess:
             self._notify = None
         if hasattr(self, "_stderr"):
             self._stderr.close()
-
-
-def write_conf(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def metrics_value(m: dict[str, Any], comp: str, key: str) -> int:
-    return int(float(m[comp][key]))
 
 
 class AckingSender:

@@ -513,6 +513,7 @@ class FileTransaction(Transaction):
             op = _Op(asyncio.get_running_loop().create_future(), n, rows=[ch._new_row(self._put)])
             self._op = op
             ch._submit(op)
+            assert op.fut is not None
             await asyncio.shield(op.fut)
             self._put = []
             ch.counter.EventPutSuccessCount += n
@@ -520,6 +521,7 @@ class FileTransaction(Transaction):
             op = _Op(asyncio.get_running_loop().create_future(), self._ntaken, pieces=self._pieces)
             self._op = op
             ch._submit(op)
+            assert op.fut is not None
             await asyncio.shield(op.fut)
             self._pieces = []
             ch.counter.EventTakeSuccessCount += self._ntaken
@@ -547,13 +549,12 @@ class FileChannel(Channel):
     """
 
     Config = FileChannelConfig
-    description = "Durable channel in a SQLite database (WAL); survives crashes."
     config: FileChannelConfig
     counter: FileChannelCounter
+    counter_class = FileChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = FileChannelCounter(name, lambda: self.size, lambda: self.capacity)
         self.directory = resolve_dir(config, name)
         self.path = db_path(self.directory, name)
         self._queue: deque[Piece] = deque()
@@ -698,6 +699,7 @@ class FileChannel(Channel):
             op = _Op(asyncio.get_running_loop().create_future(), len(chunk))
             op.rows = [self._new_row(chunk)]
             self._submit(op)
+            assert op.fut is not None
             await op.fut
         log.info("Channel %s: took over %d events from its predecessor.", self.name, len(events))
 
@@ -707,8 +709,8 @@ class FileChannel(Channel):
         path = self.path
         hint = recover_hint(self.directory, self.name)
         try:
-            app_id = (await db.execute_fetchall("PRAGMA application_id"))[0][0]
-            version = (await db.execute_fetchall("PRAGMA user_version"))[0][0]
+            app_id = next(iter(await db.execute_fetchall("PRAGMA application_id")))[0]
+            version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
             tables = {
                 r[0]
                 for r in await db.execute_fetchall(
@@ -761,7 +763,7 @@ class FileChannel(Channel):
     async def _set_pragmas(self) -> None:
         db = self._db
         assert db is not None
-        mode = (await db.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
+        mode = next(iter(await db.execute_fetchall("PRAGMA journal_mode = WAL")))[0]
         if str(mode).lower() != "wal":
             raise ChannelError(f"{self.path}: cannot use WAL mode (got {mode}).")
         sync = "FULL" if self.config.fsyncPerTransaction else "NORMAL"
@@ -776,9 +778,11 @@ class FileChannel(Channel):
         db = self._db
         assert db is not None
         try:
-            rows = await db.execute_fetchall(
-                "SELECT b.id, b.count, length(b.data), coalesce(o.first, 0) "
-                "FROM batches b LEFT JOIN offsets o ON o.id = b.id ORDER BY b.id"
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT b.id, b.count, length(b.data), coalesce(o.first, 0) "
+                    "FROM batches b LEFT JOIN offsets o ON o.id = b.id ORDER BY b.id"
+                )
             )
         except sqlite3.DatabaseError as e:
             raise DamagedDatabaseError(
@@ -1171,7 +1175,7 @@ class FileChannel(Channel):
         assert db is not None
         self._freed = 0
         try:
-            free = (await db.execute_fetchall("PRAGMA freelist_count"))[0][0]
+            free = next(iter(await db.execute_fetchall("PRAGMA freelist_count")))[0]
             keep = (VACUUM_KEEP_BYTES + self._live_bytes // 2) // PAGE_SIZE
             if free <= 2 * keep:
                 return

@@ -286,7 +286,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "file-channel-recover",
         help="salvage a damaged file-channel database (run with the agent stopped)",

@@ -157,7 +157,6 @@ class MemoryChannel(Channel):
     """
 
     Config = MemoryChannelConfig
-    description = "In-memory bounded queue; fast, not durable."
     config: MemoryChannelConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -7,13 +7,14 @@ lists every problem found, each naming the file, the agent, the component and th
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from flumed import registry
-from flumed.config.keys import flatten, group_named, parse, unknown_key
+from flumed.config.keys import config_claims, flatten, group_named, parse, unknown_key
 from flumed.errors import ConfigError
 from flumed.routing.selectors import SelectorConfig
 
@@ -26,7 +27,7 @@ class ComponentSpec:
 
     name: str
     type: str
-    cls: type
+    cls: builtins.type[Any]
     config: Any
     raw: tuple[tuple[str, Any], ...]
 
@@ -74,7 +75,9 @@ def _freeze(flat: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in flat.items())
 
 
-def _section(agent: Mapping[str, Any], name: str, problems: list[str], where: str) -> dict:
+def _section(
+    agent: Mapping[str, Any], name: str, problems: list[str], where: str
+) -> dict[str, Any]:
     sec = agent.get(name, {})
     if isinstance(sec, str):  # `a1.sinks = k1 k2` listed with no keys at all
         return {n: {} for n in sec.split()}
@@ -325,7 +328,7 @@ def build_agent(
             problems.append(f"{gwhere}: processor {ptype} takes no keys")
         groups[name] = SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
 
-    _check_resources(sources, where, problems, channels)
+    _check_resources(sources, where, problems, channels, sinks)
     if problems:
         raise ConfigError(problems)
     used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
@@ -350,12 +353,13 @@ def _check_resources(
     where: str,
     problems: list[str],
     channels: Mapping[str, ComponentSpec] | None = None,
+    sinks: Mapping[str, ComponentSpec] | None = None,
 ) -> None:
     """No two components may claim one port, directory or file (Vector's `resources()`).
 
-    A component's Config may define `claims() -> list[tuple[str, str]]`: (resource, key)
-    pairs such as ("directory /var/spool/x", "spoolDir"). Listening ports are found
-    through a `port` key.
+    What a component claims is its Config's `claims()` (config.keys.ComponentConfig):
+    (resource, key) pairs such as ("directory /var/spool/x", "spoolDir") or
+    ("udp port 514", "port").
     """
     seen: dict[str, str] = {}
 
@@ -369,12 +373,7 @@ def _check_resources(
 
     specs: list[tuple[str, ComponentSpec]] = [(f"source {n}", s) for n, s in sources.items()]
     specs += [(f"channel {n}", c) for n, c in (channels or {}).items()]
+    specs += [(f"sink {n}", c) for n, c in (sinks or {}).items()]
     for owner, s in specs:
-        port = getattr(s.config, "port", None)
-        if isinstance(port, int) and port != 0:
-            proto = "udp" if "udp" in s.type.lower() else "tcp"
-            claim(f"{proto} port {port}", owner, "port")
-        claims = getattr(s.config, "claims", None)
-        if claims is not None:
-            for resource, key in claims():
-                claim(resource, owner, key)
+        for resource, key in config_claims(s.config):
+            claim(resource, owner, key)

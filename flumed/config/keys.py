@@ -12,6 +12,10 @@ A component declares a frozen dataclass whose fields are its keys::
 dataclass, converting the strings a `.properties` file gives, and raises one
 ConfigError listing every unknown key, missing key and bad value. Nothing falls
 back silently to a default on bad input.
+
+The contract of such a dataclass is `ComponentConfig` below: besides its fields it may
+declare `IGNORED`, `check()` and `claims()`, read only through `ignored_keys()`,
+`config_problems()` and `config_claims()`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args, get_origin
 
 from flumed.errors import ConfigError
 
@@ -30,6 +34,64 @@ log = logging.getLogger("flumed.config")
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
+
+
+class ComponentConfig(Protocol):
+    """What a component's Config dataclass may declare besides its keys (all optional).
+
+    - `IGNORED`: Flume keys accepted for compatibility and warned about (`ignored()`).
+    - `check()`: problems no single key shows (keys that contradict each other, a
+      file format flumed cannot read), one message per problem, without the component's
+      name (the caller prefixes it). Pure: no I/O, it runs in `flumed validate`.
+    - `claims()`: what this component uses alone, as (resource, key) pairs such as
+      ("tcp port 4141", "port") or ("directory /var/log/out", "sink.directory"): two
+      components of one agent claiming one resource are refused (config/graph.py).
+      Listening ports are claims too (`listen_claims()`), TCP or UDP as the component
+      says; a port to connect to is not one.
+    """
+
+    IGNORED: ClassVar[Mapping[str, str]]
+
+    def check(self) -> list[str]: ...
+
+    def claims(self) -> list[tuple[str, str]]: ...
+
+
+def ignored_keys(cls: type) -> Mapping[str, str]:
+    """A Config class's IGNORED keys (none when it declares none)."""
+    found: Mapping[str, str] = getattr(cls, "IGNORED", {})
+    return found
+
+
+def config_problems(config: object) -> list[str]:
+    """What a Config's `check()` reports (nothing when it has none)."""
+    check = getattr(config, "check", None)
+    return list(check()) if check is not None else []
+
+
+def config_claims(config: object) -> list[tuple[str, str]]:
+    """A Config's `claims()` (none when it has none)."""
+    claims = getattr(config, "claims", None)
+    return list(claims()) if claims is not None else []
+
+
+def listen_claims(
+    port: int, transport: Literal["tcp", "udp"] = "tcp", key: str = "port"
+) -> list[tuple[str, str]]:
+    """The claim of a listening port: none for 0 (an ephemeral port, never shared)."""
+    return [(f"{transport} port {port}", key)] if port else []
+
+
+def port_of_claim(resource: str) -> tuple[Literal["tcp", "udp"], int] | None:
+    """The transport and port of a claim made by `listen_claims()`, else None."""
+    transport, sep, port = resource.partition(" port ")
+    if not sep or not port.isdigit():
+        return None
+    if transport == "tcp":
+        return "tcp", int(port)
+    if transport == "udp":
+        return "udp", int(port)
+    return None
 
 
 def key(
@@ -186,10 +248,10 @@ def _apply_renamed(flat: Mapping[str, Any], renames: Mapping[str, str], where: s
     return out
 
 
-def _ignored_reason(k: str, ignored_keys: Mapping[str, str]) -> str | None:
-    if k in ignored_keys:
-        return ignored_keys[k]
-    for name, why in ignored_keys.items():
+def _ignored_reason(k: str, skip: Mapping[str, str]) -> str | None:
+    if k in skip:
+        return skip[k]
+    for name, why in skip.items():
         if name.endswith(".*") and k.startswith(name[:-1]):
             return why
     return None
@@ -233,14 +295,14 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str, *, strict: bool = T
 
     problems: list[str] = []
     hints = typing.get_type_hints(cls)
-    ignored_keys: Mapping[str, str] = getattr(cls, "IGNORED", {})
+    skip = ignored_keys(cls)
     renames: Mapping[str, str] = getattr(cls, "RENAMED", {})
     if renames:
         flat = _apply_renamed(flat, renames, where)
     values: dict[str, Any] = {}
     used: set[str] = set()
     prefixes: list[tuple[str, dataclasses.Field[Any]]] = []
-    known: list[str] = [k.removesuffix(".*") for k in ignored_keys]
+    known: list[str] = [k.removesuffix(".*") for k in skip]
     for fname, f in key_names(cls).items():
         known.extend((fname, *f.metadata.get("aliases", ())))
         if f.metadata.get("prefix"):
@@ -281,7 +343,7 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str, *, strict: bool = T
     for k in flat:
         if k in used:
             continue
-        why = _ignored_reason(k, ignored_keys)
+        why = _ignored_reason(k, skip)
         if why is not None:
             log.warning("%s: key '%s' %s.", where, k, why)
             continue
@@ -294,8 +356,7 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str, *, strict: bool = T
         obj = cls(**values)
     except (TypeError, ValueError) as e:
         raise ConfigError([*unknown, f"{where}: {e}"]) from None
-    check = getattr(obj, "check", None)
-    errs = check() if check is not None else []
+    errs = config_problems(obj)
     notes = getattr(obj, "notes", None)
     for note in notes() if notes is not None else []:
         log.warning("%s: %s", where, note)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flumed.config.graph import AgentSpec, ComponentSpec
+from flumed.config.keys import config_claims, port_of_claim
 
 Check = Callable[[str], str | None]
 
@@ -148,14 +149,13 @@ def _ports(spec: ComponentSpec) -> Iterable[tuple[str, str, int, int]]:
     """(key, bind address, port, socket type) of a listening component."""
     raw = dict(spec.raw)
     bind = str(raw.get("bind", raw.get("host", "0.0.0.0")))
-    kind = socket.SOCK_DGRAM if "udp" in spec.type.lower() else socket.SOCK_STREAM
-    for key in ("port", "ports"):
-        value = raw.get(key)
-        if value is None:
-            continue
-        for p in str(value).replace(",", " ").split():
-            if p.isdigit() and int(p):
-                yield key, bind, int(p), kind
+    # The component's own port claims (config.keys.listen_claims): TCP or UDP as it
+    # says, and never a port it connects to.
+    for resource, key in config_claims(spec.config):
+        found = port_of_claim(resource)
+        if found is not None:
+            transport, port = found
+            yield key, bind, port, socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
 
 
 def try_bind(host: str, port: int, kind: int) -> str | None:
@@ -185,7 +185,7 @@ def preflight(spec: AgentSpec, where: str, check_ports: bool = False) -> list[st
             problems.append(f"{cwhere}: key '{key}': {problem}" if key else f"{cwhere}: {problem}")
         if check_ports and label.startswith("source"):
             for key, host, port, kind in _ports(comp):
-                problem = try_bind(host, port, kind)
-                if problem:
-                    problems.append(f"{cwhere}: key '{key}': {problem}")
+                bind_problem = try_bind(host, port, kind)
+                if bind_problem:
+                    problems.append(f"{cwhere}: key '{key}': {bind_problem}")
     return problems

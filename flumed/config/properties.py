@@ -82,8 +82,8 @@ def _to_plain(node: _Node, depth: int = 0) -> Any:
     table = {}
     order = names if names is not None else list(node.children)
     for k in order:
-        child = node.children.get(k)
-        table[k] = _to_plain(child, depth + 1) if child is not None else {}
+        found = node.children.get(k)
+        table[k] = _to_plain(found, depth + 1) if found is not None else {}
     return table
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.event import Event
+from flumed.rpc.errors import ProtocolError as ProtocolError
+from flumed.rpc.errors import RemoteError as RemoteError
 
 # -- the protocol ------------------------------------------------------------------------
 
@@ -110,16 +112,8 @@ class Match(enum.IntEnum):
     NONE = 2
 
 
-class ProtocolError(Exception):
-    """The peer sent bytes that are not valid Avro RPC; the connection must close."""
-
-
 class LimitExceeded(ProtocolError):
     """Well-formed input over a configured limit: refused, the connection may go on."""
-
-
-class RemoteError(Exception):
-    """The peer answered a call with an Avro error response (its message)."""
 
 
 # -- Avro binary primitives ----------------------------------------------------------------
@@ -205,6 +199,10 @@ class Reader:
     """Reads Avro binary from one bytes object, checking every length against the input.
 
     Raises ProtocolError on truncated or malformed input.
+
+    Hand-tuned on purpose: `read_long` is Avro's zig-zag varint (it looks like the
+    Thrift compact varint of rpc/thrift_protocol.py, a different encoding), and
+    `read_map_bytes` / `read_string_map` stay two small loops, each called per request.
     """
 
     __slots__ = ("buf", "pos")

@@ -15,14 +15,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+from flumed.rpc.errors import StreamError as StreamError
+
 #: Decompressed bytes produced per step, so that the framing above sees (and can refuse)
 #: an oversized frame before a compression bomb is fully inflated.
 INFLATE_STEP = 1 << 20
 TLS_READ = 1 << 18
-
-
-class StreamError(Exception):
-    """The peer's byte stream is not valid for this layer (bad zlib data, TLS failure)."""
 
 
 class Layer:

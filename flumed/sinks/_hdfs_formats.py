@@ -485,7 +485,7 @@ def _avro(fo: BinaryIO, size: int) -> int:
 
     fo.seek(0)
     try:
-        sync = reader(fo)._header["sync"]  # type: ignore[attr-defined]
+        sync = reader(fo)._header["sync"]
     except Exception:  # noqa: BLE001 - a header torn at the start: nothing to keep
         return 0
     return _tail_find(fo, size, sync)

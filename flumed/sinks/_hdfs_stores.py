@@ -292,7 +292,7 @@ class LocalStore:
 
     async def finish(self, finishes: Finishes) -> list[tuple[HdfsFile, str]]:
         """Close and rename files (roll timer, stop, retries); returns the failures."""
-        return await self.apply([], finishes)  # type: ignore[no-any-return]
+        return await self.apply([], finishes)
 
     async def recover(
         self,

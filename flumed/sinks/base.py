@@ -30,6 +30,7 @@ class Sink(Component):
     """
 
     channel: Channel
+    counter: SinkCounter
     #: The counter class built for this sink (a subclass of SinkCounter may add names).
     counter_class: ClassVar[type[SinkCounter]] = SinkCounter
 
@@ -39,14 +40,6 @@ class Sink(Component):
 
     async def process(self) -> Status:
         raise NotImplementedError
-
-    async def start(self) -> None:
-        await super().start()
-        self.counter.start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.counter.stop()
 
 
 class BatchSink(Sink):

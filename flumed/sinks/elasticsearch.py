@@ -272,7 +272,7 @@ class ElasticSearchSinkConfig(HttpClientKeys):
 # -- documents --------------------------------------------------------------------------
 
 _enc = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring
 _LONG = re.compile(r"^[+-]?\d+$")
 _ESCAPE = re.compile(r"%\{([^}]*)\}")
 _NO_ERRORS = re.compile(rb'^\s*\{(?:"took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,')
@@ -367,7 +367,6 @@ class ElasticSearchSink(BatchSink):
     config: ElasticSearchSinkConfig
     counter: DeadLetterSinkCounter
     counter_class = DeadLetterSinkCounter
-    description = "Indexes events into Elasticsearch/OpenSearch with _bulk, per-item retries."
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
@@ -462,7 +461,7 @@ class ElasticSearchSink(BatchSink):
         if time_based:
             plain_index = f"{plain_index}-{fmt(now)}"
         plain_action = self._action(plain_index, _escape(typ_template, {}), None)
-        out = []
+        out: list[_Entry] = []
         append = out.append
         for e in events:
             h = e.headers
@@ -578,7 +577,7 @@ class ElasticSearchSink(BatchSink):
             return []
         retry = []
         for entry, item in zip(pending, items, strict=True):
-            result = next(iter(item.values()), {}) if isinstance(item, dict) else {}
+            result: dict[str, Any] = next(iter(item.values()), {}) if isinstance(item, dict) else {}
             status = int(result.get("status", 0))
             if 200 <= status < 300:
                 continue

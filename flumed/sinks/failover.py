@@ -14,9 +14,7 @@ from typing import Any, Literal
 from flumed.config.keys import key, prefix
 from flumed.errors import DeliveryError, FlumedError
 from flumed.sinks.base import Sink, Status
-from flumed.sinks.runner import SinkProcessor
-
-FAILURE_PENALTY = 1.0
+from flumed.sinks.runner import Penalties, SinkProcessor
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +39,13 @@ class FailoverSinkProcessor(SinkProcessor):
                 prio[s.name] = 0
         # Highest priority first; ties keep declaration order.
         self._order = sorted(self.sinks, key=lambda s: -prio[s.name])
-        self._failures: dict[str, int] = {s.name: 0 for s in sinks}
-        self._until: dict[str, float] = {s.name: 0.0 for s in sinks}
+        self._penalties = Penalties(sinks, config.maxpenalty / 1000)
 
     @property
     def active(self) -> Sink | None:
         now = time.monotonic()
         for s in self._order:
-            if self._until[s.name] <= now:
+            if self._penalties.available(s, now):
                 return s
         return None
 
@@ -56,17 +53,15 @@ class FailoverSinkProcessor(SinkProcessor):
         now = time.monotonic()
         errors: list[str] = []
         for s in self._order:
-            if self._until[s.name] > now:
+            if not self._penalties.available(s, now):
                 continue
             try:
                 status = await s.process()
             except FlumedError as e:
-                n = self._failures[s.name] = self._failures[s.name] + 1
-                penalty = min(self.config.maxpenalty / 1000, (1 << min(n, 30)) * FAILURE_PENALTY)
-                self._until[s.name] = time.monotonic() + penalty
+                self._penalties.failed(s)
                 errors.append(f"{s.name}: {e}")
                 continue
-            self._failures[s.name] = 0
+            self._penalties.succeeded(s)
             return status
         raise DeliveryError(
             f"All sinks of group {self.name} failed or are penalised: " + "; ".join(errors)

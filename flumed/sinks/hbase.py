@@ -344,7 +344,6 @@ class HBaseSink(BatchSink):
     config: HBaseSinkConfig
     counter: DeadLetterSinkCounter
     counter_class = DeadLetterSinkCounter
-    description = "Rows and counters into HBase through its REST gateway."
     flume_name = "hbase"
 
     def __init__(self, name: str, config: Any) -> None:
@@ -517,7 +516,7 @@ class HBaseSink(BatchSink):
         for i in range(0, len(requests), 16):
             chunk = requests[i : i + 16]
             results = await asyncio.gather(*(self._increment(r, c) for r, c in chunk))
-            for (row, cols), status in zip(chunk, results, strict=True):
+            for (row, pairs), status in zip(chunk, results, strict=True):
                 if status is not None:
                     set_aside.append(
                         {
@@ -525,7 +524,7 @@ class HBaseSink(BatchSink):
                             "error": f"increment refused with HTTP {status}",
                             "increment": {
                                 "row": row.decode("utf-8", "replace"),
-                                "columns": {c.decode("utf-8", "replace"): n for c, n in cols},
+                                "columns": {c.decode("utf-8", "replace"): n for c, n in pairs},
                             },
                         }
                     )

@@ -248,7 +248,6 @@ class HDFSEventSink(BatchSink):
     """
 
     Config = HDFSEventSinkConfig
-    description = "Writes events into bucketed, rolled files, local or on HDFS (WebHDFS)."
     counter_class: ClassVar[type[SinkCounter]] = HDFSSinkCounter
     config: HDFSEventSinkConfig
     counter: HDFSSinkCounter
@@ -432,12 +431,12 @@ class HDFSEventSink(BatchSink):
             groups = {first: events}
         else:
             groups = {}
-            for lk, e in zip(lookups, events, strict=True):
+            for lk, ev in zip(lookups, events, strict=True):
                 g = groups.get(lk)
                 if g is None:
-                    groups[lk] = [e]
+                    groups[lk] = [ev]
                 else:
-                    g.append(e)
+                    g.append(ev)
         async with self._lock:
             now = time.monotonic()
             writes: Writes = []

@@ -137,7 +137,7 @@ class Decision:
         return hit
 
 
-_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring
 
 
 def _escape(template: str, headers: dict[str, str]) -> str:
@@ -156,7 +156,6 @@ class HttpSink(BatchSink):
     config: HttpSinkConfig
     counter: DeadLetterSinkCounter
     counter_class = DeadLetterSinkCounter
-    description = "POSTs events to an HTTP endpoint (Flume's HttpSink, plus batch mode)."
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)

@@ -15,7 +15,7 @@ from typing import Literal
 from flumed.config.keys import key
 from flumed.errors import DeliveryError, FlumedError
 from flumed.sinks.base import Sink, Status
-from flumed.sinks.runner import SinkProcessor
+from flumed.sinks.runner import Penalties, SinkProcessor
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +33,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
     def __init__(self, name: str, sinks: Sequence[Sink], config: LoadBalanceConfig) -> None:
         super().__init__(name, sinks, config)
         self._next = 0
-        self._failures: dict[str, int] = {s.name: 0 for s in sinks}
-        self._until: dict[str, float] = {s.name: 0.0 for s in sinks}
+        self._penalties = Penalties(sinks, config.maxTimeOut / 1000)
 
     def _order(self) -> list[Sink]:
         if self.config.selector == "random":
@@ -46,7 +45,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             order = self.sinks[i:] + self.sinks[:i]
         if self.config.backoff:
             now = time.monotonic()
-            order = [s for s in order if self._until[s.name] <= now]
+            order = [s for s in order if self._penalties.available(s, now)]
         return order
 
     async def process(self) -> Status:
@@ -57,11 +56,9 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             except FlumedError as e:
                 errors.append(f"{s.name}: {e}")
                 if self.config.backoff:
-                    n = self._failures[s.name] = self._failures[s.name] + 1
-                    cap = self.config.maxTimeOut / 1000
-                    self._until[s.name] = time.monotonic() + min(cap, float(1 << min(n, 30)))
+                    self._penalties.failed(s)
                 continue
-            self._failures[s.name] = 0
+            self._penalties.succeeded(s)
             return status
         raise DeliveryError(
             f"All sinks of group {self.name} failed: " + "; ".join(errors)

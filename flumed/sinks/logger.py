@@ -31,7 +31,6 @@ class LoggerSink(BatchSink):
     """
 
     Config = LoggerSinkConfig
-    description = "Logs events at INFO."
     config: LoggerSinkConfig
 
     async def deliver(self, events: list[Event]) -> None:

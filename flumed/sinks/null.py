@@ -16,7 +16,6 @@ class NullSinkConfig:
 
 class NullSink(BatchSink):
     Config = NullSinkConfig
-    description = "Discards every event."
     config: NullSinkConfig
 
     async def deliver(self, events: list[Event]) -> None:

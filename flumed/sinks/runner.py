@@ -10,13 +10,14 @@ the sink's take already waited for events, so the runner calls again at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from flumed.errors import FlumedError
+from flumed.lifecycle import Backoff, stop_task
+from flumed.logs import RateLimitedLog
 from flumed.sinks.base import Sink, Status
 
 log = logging.getLogger("flumed.sinks")
@@ -50,6 +51,24 @@ class DefaultSinkProcessor(SinkProcessor):
         return await self.sinks[0].process()
 
 
+class Penalties:
+    """Sinks of a group set aside after a failure, for min(2^failures * 1 s, maximum)
+    (Flume's FailoverSinkProcessor and backoff of LoadBalancingSinkProcessor)."""
+
+    def __init__(self, sinks: Sequence[Sink], maximum: float) -> None:
+        self._backoff = {s.name: Backoff(1.0, maximum, exponential=True) for s in sinks}
+        self._until = dict.fromkeys(self._backoff, 0.0)
+
+    def available(self, sink: Sink, now: float) -> bool:
+        return self._until[sink.name] <= now
+
+    def failed(self, sink: Sink) -> None:
+        self._until[sink.name] = time.monotonic() + self._backoff[sink.name].next_delay()
+
+    def succeeded(self, sink: Sink) -> None:
+        self._backoff[sink.name].reset()
+
+
 class SinkRunner:
     """Owns the task that drives one sink processor."""
 
@@ -58,8 +77,9 @@ class SinkRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._drain = True
-        self._last_error_log = 0.0
-        self.failures = 0
+        self._backoff = Backoff(BACKOFF_INCREMENT, MAX_BACKOFF)
+        # One line per failure streak every few seconds, not one per retry.
+        self._warn = RateLimitedLog(log, interval=5.0)
         #: Unix time of the first failure of the current streak (None while delivering),
         #: and that streak's last error: read by the health check.
         self.failing_since: float | None = None
@@ -74,32 +94,25 @@ class SinkRunner:
         self._task = asyncio.create_task(self._run(), name=f"sink-runner-{self.name}")
 
     async def _run(self) -> None:
-        consecutive = 0
+        backoff = self._backoff
         while True:
             try:
                 status = await self.processor.process()
             except FlumedError as e:
                 self._failed(e)
-                self.failures += 1
-                consecutive += 1
-                self._log_failure(e)
-                if not e.retriable:
-                    consecutive = int(MAX_BACKOFF / BACKOFF_INCREMENT)
-                await self._backoff(min(consecutive * BACKOFF_INCREMENT, MAX_BACKOFF))
+                self._warn.warn("Sink %s could not deliver, backing off: %s", self.name, e)
+                await backoff.wait(self._stopping, None if e.retriable else backoff.saturate())
                 if self._stopping.is_set():
                     return
                 continue
             except Exception as e:
                 self._failed(e)
-                self.failures += 1
-                consecutive = int(MAX_BACKOFF / BACKOFF_INCREMENT)
                 log.exception("Sink runner %s: unexpected error; backing off.", self.name)
-                del e
-                await self._backoff(MAX_BACKOFF)
+                await backoff.wait(self._stopping, backoff.saturate())
                 if self._stopping.is_set():
                     return
                 continue
-            consecutive = 0
+            backoff.reset()
             self.failing_since = None
             if self._stopping.is_set() and (status is Status.BACKOFF or not self._drain):
                 return  # drained, or asked to stop after this batch
@@ -109,17 +122,6 @@ class SinkRunner:
             self.failing_since = time.time()
         self.last_error = str(e) or type(e).__name__
 
-    def _log_failure(self, e: Exception) -> None:
-        # One line per failure streak every few seconds, not one per retry.
-        now = time.monotonic()
-        if now - self._last_error_log >= 5.0:
-            self._last_error_log = now
-            log.warning("Sink %s could not deliver, backing off: %s", self.name, e)
-
-    async def _backoff(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
     async def stop(self, grace: float, drain: bool = True) -> None:
         """Stop the runner: with `drain`, once the channels are empty; without, after the
         batch in flight. Past `grace` seconds the task is cancelled, which rolls back
@@ -128,11 +130,4 @@ class SinkRunner:
         self._drain = drain
         self._stopping.set()
         task, self._task = self._task, None
-        if task is None:
-            return
-        done, _ = await asyncio.wait({task}, timeout=grace)
-        if not done:
-            log.warning("Sink runner %s did not drain within %.1fs; cancelling.", self.name, grace)
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task, grace, who=f"Sink runner {self.name}")

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import ignored, key, listen_claims
 from flumed.rpc.avro_protocol import (
     DEFAULT_MAX_PACK,
     HandshakeRequest,
@@ -92,10 +92,12 @@ class AvroSourceConfig(ListenerKeys, ServerTlsKeys):
                     problems.append(f"key 'ipFilterRules': {e}")
         return problems
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 class AvroSource(RpcServerSource):
     Config = AvroSourceConfig
-    description = "Avro RPC server, compatible with Flume's AvroSink and Avro clients."
     config: AvroSourceConfig
     bad_input = (ProtocolError, StreamError)
     protocol_name = "Avro RPC"

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from flumed.config.keys import key, prefix
+from flumed.config.keys import key, listen_claims, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
 from flumed.http_server import (
@@ -397,6 +397,9 @@ class HTTPSourceConfig(ListenerKeys, ServerTlsKeys):
             problems.extend(_check_handler_class(name, self.handler_settings))
         return problems
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 def _check_handler_class(name: str, settings: dict[str, str]) -> list[str]:
     """A class-path handler is imported and built at validate as at start (config check)."""
@@ -430,7 +433,6 @@ class HTTPSource(ListeningSource):
     """
 
     Config = HTTPSourceConfig
-    description = "Events over HTTP POST (Flume's JSON or blob handlers), optional TLS."
     config: HTTPSourceConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -21,7 +21,7 @@ import codecs
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, listen_claims, prefix
 from flumed.event import Event
 from flumed.sources.server import ListenerKeys
 from flumed.sources.syslog_parser import INVALID, STATUS
@@ -49,6 +49,9 @@ class MultiportSyslogTcpConfig(ListenerKeys, ServerTlsKeys):
     def port_numbers(self) -> list[int]:
         return [int(p) for p in self.ports]
 
+    def claims(self) -> list[tuple[str, str]]:
+        return [c for p in self.port_numbers() for c in listen_claims(p, key="ports")]
+
     def check(self) -> list[str]:
         problems = check_tcp_keys(self)
         nums: list[int] = []
@@ -75,7 +78,6 @@ class MultiportSyslogTcpConfig(ListenerKeys, ServerTlsKeys):
 
 class MultiportSyslogTcpSource(SyslogTcpSource):
     Config = MultiportSyslogTcpConfig
-    description = "Syslog over TCP on several ports (Flume's multiport rules)."
     config: MultiportSyslogTcpConfig
     flavor = "multiport"
 

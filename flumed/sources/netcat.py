@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import key
+from flumed.config.keys import key, listen_claims
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
@@ -37,10 +37,12 @@ class NetcatConfig(ListenerKeys):
     ack_every_event: bool = key(True, name="ack-every-event")
     encoding: str = key("utf-8")
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 class NetcatSource(ListeningSource):
     Config = NetcatConfig
-    description = "Lines over TCP, one event per line."
     config: NetcatConfig
 
     def __init__(self, name: str, config: Any) -> None:

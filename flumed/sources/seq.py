@@ -28,7 +28,6 @@ class SequenceGeneratorSource(PollableSource):
     """
 
     Config = SeqConfig
-    description = "Sequence numbers as event bodies."
     config: SeqConfig
 
     def __init__(self, name: str, config: Any) -> None:

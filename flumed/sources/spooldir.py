@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import fastavro
 import fastavro.schema
@@ -365,7 +365,7 @@ class _AvroReader:
         self.cur = cur
         self.pos = cur.start
         self._it: Iterator[bytes] | None = None
-        self._fo: io.BufferedReader | None = None
+        self._fo: BinaryIO | None = None
         self.header: tuple[str, str] = ("", "")
 
     def _open(self) -> Iterator[bytes]:
@@ -435,7 +435,6 @@ class SpoolDirectorySource(Source):
     """
 
     Config = SpoolDirConfig
-    description = "Files dropped into a directory, one event per line (or record, or file)."
     config: SpoolDirConfig
 
     def __init__(self, name: str, config: Any) -> None:
@@ -541,8 +540,8 @@ class SpoolDirectorySource(Source):
             d = stack.pop()
             try:
                 entries = list(os.scandir(d))
-            except OSError as e:
-                self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, e)
+            except OSError as err:
+                self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, err)
                 continue
             for e in entries:
                 try:

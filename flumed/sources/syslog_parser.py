@@ -148,7 +148,7 @@ class ReferenceSyslogParser:
         self._expires = 0.0
 
     # -- caches ----------------------------------------------------------------------
-    def _caches(self) -> list[dict]:
+    def _caches(self) -> list[dict[Any, Any]]:
         return [self._epochs5424, self._ts3164]
 
     def _refresh(self) -> None:
@@ -359,7 +359,7 @@ class SyslogParser(ReferenceSyslogParser):
                     self._t3164[tok + mon] = t
             self._t5424[tok] = t
 
-    def _caches(self) -> list[dict]:
+    def _caches(self) -> list[dict[Any, Any]]:
         return [
             *super()._caches(),
             self._hosts,

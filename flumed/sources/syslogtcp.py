@@ -22,9 +22,9 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from flumed.config.keys import key, prefix
+from flumed.config.keys import key, listen_claims, prefix
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.sources.server import ListenerKeys, ListeningSource
@@ -50,6 +50,9 @@ class SyslogTcpConfig(ListenerKeys, ServerTlsKeys):
     def check(self) -> list[str]:
         return check_tcp_keys(self)
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 def check_tcp_keys(cfg: Any) -> list[str]:
     problems: list[str] = cfg.tls_problems()
@@ -64,12 +67,11 @@ def check_tcp_keys(cfg: Any) -> list[str]:
 class SyslogTcpSource(ListeningSource):
     """Syslog over TCP, one task per connection, batches of what each read brought."""
 
-    Config = SyslogTcpConfig
-    description = "Syslog (RFC 3164/5424) over TCP, newline or octet-counted, optional TLS."
+    Config: ClassVar[type] = SyslogTcpConfig
     config: Any
 
     #: Parser rules: Flume's SyslogUtils (syslogtcp/syslogudp) or SyslogParser (multiport).
-    flavor = "syslogtcp"
+    flavor: ClassVar[Literal["syslogtcp", "multiport"]] = "syslogtcp"
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)

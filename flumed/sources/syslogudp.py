@@ -23,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import key, prefix
-from flumed.counters import SourceCounter
+from flumed.config.keys import key, listen_claims, prefix
+from flumed.counters import UdpSourceCounter
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
@@ -62,12 +62,8 @@ class SyslogUdpConfig:
             ]
         return []
 
-
-class UdpSourceCounter(SourceCounter):
-    """Flume's source counters plus EventDroppedCount (datagrams dropped, queue full)."""
-
-    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
-    EventDroppedCount: int
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port, "udp")
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -90,13 +86,12 @@ class _Receiver(asyncio.DatagramProtocol):
 
 class SyslogUdpSource(Source):
     Config = SyslogUdpConfig
-    description = "Syslog (RFC 3164/5424) over UDP."
     config: SyslogUdpConfig
     counter: UdpSourceCounter
+    counter_class = UdpSourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = UdpSourceCounter(name)
         self.parser = SyslogParser(config.keepFields)
         self._transport: asyncio.DatagramTransport | None = None
         self._receiver: _Receiver | None = None
@@ -134,8 +129,8 @@ class SyslogUdpSource(Source):
         except OSError:
             sock.close()
             raise
-        self._receiver = _Receiver(self)
-        transport, _ = await loop.create_datagram_endpoint(lambda: self._receiver, sock=sock)
+        receiver = self._receiver = _Receiver(self)
+        transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         self._transport = transport
         self.port = sock.getsockname()[1]
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-udp")

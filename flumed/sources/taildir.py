@@ -389,7 +389,6 @@ class TaildirSource(Source):
     """
 
     Config = TaildirConfig
-    description = "Lines appended to files matching regexes, with a Flume position file."
     config: TaildirConfig
 
     def __init__(self, name: str, config: Any) -> None:

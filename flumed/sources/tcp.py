@@ -145,7 +145,8 @@ class StreamConnection(asyncio.Protocol):
             self.begun = now
         unread = not flow.writable.is_set() and not self.stopping
         if unread and not await self._wait(flow.writable, cfg.frame_timeout):
-            return self._timeout(f"it left its answers unread for {cfg.frame_timeout:g}s")
+            self._timeout(f"it left its answers unread for {cfg.frame_timeout:g}s")
+            return None
         if not self.stopping:
             flow.release(FlowControl.CHANNEL)
         if self.chunks:
@@ -160,9 +161,11 @@ class StreamConnection(asyncio.Protocol):
             if self.begun is not None:
                 limit = self.begun + cfg.frame_timeout - asyncio.get_running_loop().time()
                 if limit <= 0 or not await self._wait(self.wakeup, limit):
-                    return self._timeout(f"it left a message unfinished for {cfg.frame_timeout:g}s")
+                    self._timeout(f"it left a message unfinished for {cfg.frame_timeout:g}s")
+                    return None
             elif not await self._wait(self.wakeup, cfg.idle_timeout):
-                return self._timeout(f"it left the connection idle for {cfg.idle_timeout:g}s")
+                self._timeout(f"it left the connection idle for {cfg.idle_timeout:g}s")
+                return None
         chunks = self.chunks
         if self.buffered <= READ_MAX:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -199,7 +202,6 @@ class StreamConnection(asyncio.Protocol):
         self.eof = True
         if self.transport is not None:
             self.transport.abort()
-        return None
 
     def write(self, data: bytes) -> None:
         """Send answers (dropped once the connection is closing)."""

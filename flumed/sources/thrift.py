@@ -31,11 +31,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import ignored, key, listen_claims
 from flumed.rpc.stream import Layer, StreamError, build_layers
 from flumed.rpc.thrift_protocol import (
     DEFAULT_MAX_FRAME,
     UNKNOWN_METHOD,
+    Call,
     FrameDecoder,
     LimitExceeded,
     Limits,
@@ -80,10 +81,12 @@ class ThriftSourceConfig(ListenerKeys, ServerTlsKeys):
             problems.append("kerberos = true is not supported by flumed (SASL/GSSAPI)")
         return problems
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 class ThriftSource(RpcServerSource):
     Config = ThriftSourceConfig
-    description = "Thrift RPC server, compatible with Flume's ThriftSink and Thrift clients."
     config: ThriftSourceConfig
     bad_input = (ProtocolError, StreamError)
     protocol_name = "Thrift RPC, framed"
@@ -117,14 +120,14 @@ class ThriftSource(RpcServerSource):
             else:
                 call = decode_call(payload, self._limits)
         except LimitExceeded as e:
-            call = getattr(e, "call", None)
+            refused: Call | None = getattr(e, "call", None)
             self.counter.EventReadFail += 1
             self._warn(
                 "Source %s: refused a call from %s: %s.", self.name, conn.peer, e, kind="limit"
             )
-            if call is None:
+            if refused is None:
                 return b"", f"malformed Thrift message: {e}"
-            return encode_exception(call, _LIMIT_ERROR, str(e)), None
+            return encode_exception(refused, _LIMIT_ERROR, str(e)), None
         except ProtocolError as e:
             return b"", f"malformed Thrift message: {e}"
         if call.events is None:

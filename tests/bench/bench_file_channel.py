@@ -10,7 +10,6 @@ The file channel fsyncs every commit unless the line says otherwise.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from flumed.routing.processor import ChannelProcessor
 from flumed.routing.selectors import SelectorConfig, build_selector
 from flumed.sinks.null import NullSink, NullSinkConfig
 from flumed.sinks.runner import DefaultSinkProcessor, SinkRunner
+from tests.bench import _harness
 
 TOTAL = 400_000
 BATCH = 1000
@@ -72,7 +72,7 @@ async def run_once(variant: str, total: int) -> tuple[float, int]:
         sink.channel = ch
         await sink.start()
         runner = SinkRunner(DefaultSinkProcessor("k1", [sink]))
-        gc.collect()
+        _harness.started()
         w0 = written_bytes()
         t0 = time.perf_counter()
         runner.start()
@@ -89,13 +89,12 @@ async def run_once(variant: str, total: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    import uvloop
 
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     written: dict[str, list[int]] = {v: [] for v in VARIANTS}
     for _ in range(ROUNDS):
         for variant in VARIANTS:
-            dt, wb = uvloop.run(run_once(variant, TOTAL))
+            dt, wb = _harness.run(run_once(variant, TOTAL))
             rates[variant].append(TOTAL / dt)
             written[variant].append(wb)
     for variant in VARIANTS:

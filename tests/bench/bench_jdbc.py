@@ -7,12 +7,9 @@ through a SinkRunner at the same time. Prints a skip line for a server that is a
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import time
 import uuid
-
-import uvloop
 
 from flumed.channels.jdbc import JdbcChannel, JdbcChannelConfig
 from flumed.event import Event
@@ -20,6 +17,7 @@ from flumed.routing.processor import ChannelProcessor
 from flumed.routing.selectors import SelectorConfig, build_selector
 from flumed.sinks.null import NullSink, NullSinkConfig
 from flumed.sinks.runner import DefaultSinkProcessor, SinkRunner
+from tests.bench import _harness
 
 TOTAL = 200_000
 BATCH = 1000
@@ -45,7 +43,7 @@ async def run_once(url: str) -> float:
     sink.channel = ch
     await sink.start()
     runner = SinkRunner(DefaultSinkProcessor("k1", [sink]))
-    gc.collect()
+    _harness.started()
     t0 = time.perf_counter()
     runner.start()
     pad = b"%0" + str(BODY).encode() + b"d"
@@ -67,7 +65,7 @@ def main() -> None:
         except OSError:
             print(f"seq -> jdbc ({name}) -> null: skipped, no server on port {port}")
             continue
-        secs = uvloop.run(run_once(url))
+        secs = _harness.run(run_once(url))
         print(
             f"seq -> jdbc ({name}) -> null, batch {BATCH} x {BODY} B: "
             f"{TOTAL / secs:,.0f} events/s, {TOTAL * BODY / secs / 1e6:.1f} MB/s",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tmpfs import MakeTmpfs
 from tests.util import AgentProcess, free_port, wait_until
 
 SINK_BATCH = 1000
@@ -253,19 +254,9 @@ async def test_second_agent_on_the_same_directory_refuses_to_start(agent_factory
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A 16 MB tmpfs, when this process may mount one (root in a permissive container)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tmpfs(make_tmpfs: MakeTmpfs) -> Path:
+    """A 16 MB tmpfs (tests/support/tmpfs.py)."""
+    return make_tmpfs("16m")
 
 
 async def test_disk_short_of_space_pushes_back_then_resumes(agent_factory, tmpfs: Path):

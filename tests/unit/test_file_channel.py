@@ -30,6 +30,7 @@ from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import parse
 from flumed.errors import ChannelError, ChannelFullError, ConfigError
 from flumed.event import Event
+from tests.support.tmpfs import MakeTmpfs
 from tests.util import wait_until
 
 
@@ -508,19 +509,9 @@ def assert_sqlite_threads_ended() -> None:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A 3 MB tmpfs, when this process may mount one (root in a permissive container)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tmpfs(make_tmpfs: MakeTmpfs) -> Path:
+    """A 3 MB tmpfs (tests/support/tmpfs.py)."""
+    return make_tmpfs("3m")
 
 
 async def test_full_disk_pushes_back_and_loses_nothing(tmpfs: Path):

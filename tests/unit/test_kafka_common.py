@@ -15,14 +15,9 @@ from flumed.config.graph import build_agent
 from flumed.config.loader import load_document
 from flumed.errors import ConfigError
 from flumed.event import Event
-from flumed.kafka_common import (
-    FLUME_EVENT_SCHEMA,
-    build_ssl_context,
-    client_options,
-    decode_flume_event,
-    encode_flume_event,
-    parse_jaas,
-)
+from flumed.kafka.codec import FLUME_EVENT_SCHEMA, decode_flume_event, encode_flume_event
+from flumed.kafka.options import client_options
+from flumed.kafka.security import build_ssl_context, parse_jaas
 from flumed.sinks.kafka import KafkaSink
 from flumed.sources.kafka import KafkaSource
 

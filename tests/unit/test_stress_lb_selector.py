@@ -10,7 +10,7 @@ from flumed.event import Event
 from flumed.routing.processor import ChannelProcessor
 from flumed.routing.selectors import build_selector
 from flumed.sources.stress import StressSource
-from tests.integration.source_harness import SourceHarness
+from tests.support.harness import SourceHarness
 from tests.unit.test_routing import chan, drain, sel
 from tests.util import wait_until
 

@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 
-from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import flatten, parse
 from flumed.config.properties import properties_to_document
 from flumed.errors import ComponentStartError, ConfigError
-from flumed.routing.processor import ChannelProcessor
-from flumed.routing.selectors import SelectorConfig, build_selector
 from flumed.sources.taildir import TaildirConfig, TaildirSource, TailFile, dump_positions
+from tests.support.harness import memory_channel, wire
 from tests.util import wait_until
 
 
@@ -40,17 +38,9 @@ class Tail:
         self.taken: list[Any] = []
 
     async def start(self) -> TaildirSource:
-        self.channel = MemoryChannel(
-            "c1",
-            MemoryChannelConfig(
-                capacity=self.capacity,
-                transactionCapacity=min(self.capacity, 10_000),
-                keep_alive=self.keep_alive,
-            ),
-        )
+        self.channel = memory_channel(self.capacity, min(self.capacity, 10_000), self.keep_alive)
         await self.channel.start()
-        self.src = TaildirSource("r1", parse(TaildirConfig, flatten(self.conf), "r1"))
-        self.src.processor = ChannelProcessor(build_selector([self.channel], SelectorConfig()))
+        self.src = wire(TaildirSource, self.conf, self.channel)
         await self.src.start()
         return self.src
 
