@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -82,7 +83,7 @@ def _pw(password: str | None) -> str:
     return password if password is not None else ""
 
 
-def _load_jks(path: str, password: str | None):  # type: ignore[no-untyped-def]
+def _load_jks(path: str, password: str | None) -> Any:
     import jks  # pyjks
 
     try:
@@ -97,12 +98,14 @@ def _cert_pem(der: bytes) -> bytes:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
 
-def _encrypted_key_pem(key: object, password: bytes) -> bytes:
-    return key.private_bytes(  # type: ignore[attr-defined]
+def _encrypted_key_pem(key: Any, password: bytes) -> bytes:
+    """A private key (any of cryptography's types) as encrypted PKCS8 PEM."""
+    pem: bytes = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(password),
     )
+    return pem
 
 
 def read_keystore(

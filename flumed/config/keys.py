@@ -232,7 +232,9 @@ def renamed(pairs: Mapping[str, str]) -> dict[str, str]:
     return dict(pairs)
 
 
-def _apply_renamed(flat: Mapping[str, Any], renames: Mapping[str, str], where: str) -> dict:
+def _apply_renamed(
+    flat: Mapping[str, Any], renames: Mapping[str, str], where: str
+) -> dict[str, Any]:
     out = dict(flat)
     for old, new in renames.items():
         if old not in out:

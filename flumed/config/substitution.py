@@ -312,7 +312,7 @@ def _walk_component(sub: Substitutor, filters: Mapping[str, _Filter], at: str, k
     return _renest(keys, resolved)
 
 
-def _renest(keys: Mapping[str, Any], resolved: Mapping[str, Any], base: str = "") -> dict:
+def _renest(keys: Mapping[str, Any], resolved: Mapping[str, Any], base: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in keys.items():
         full = f"{base}.{k}" if base else str(k)
