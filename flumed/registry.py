@@ -127,6 +127,12 @@ SOURCES = _table(
         "Flume's Thrift RPC server.",
     ),
     T(
+        "scribe",
+        "flumed.sources.scribe:ScribeSource",
+        _S + "scribe.ScribeSource",
+        "Scribe's Log calls over framed binary Thrift; category as a header.",
+    ),
+    T(
         "jms",
         "flumed.sources.jms:JMSSource",
         _S + "jms.JMSSource",
@@ -158,6 +164,12 @@ CHANNELS = _table(
         "flumed.channels.jdbc:JdbcChannel",
         _C + "jdbc.JdbcChannel",
         "Events in a PostgreSQL or MySQL/MariaDB table, shared by agents.",
+    ),
+    T(
+        "spillablememory",
+        "flumed.channels.spillablememory:SpillableMemoryChannel",
+        _C + "SpillableMemoryChannel",
+        "Memory first, spilling into a file channel when memory is full.",
     ),
     T(
         "kafka",

@@ -13,8 +13,9 @@ A worker differs from a lone agent in three ways (docs/workers.md):
   `_ReusePort`; sources that bind their own sockets ask `sharing_ports()`), so the
   kernel spreads the connections (and UDP senders) of one port over the workers;
 - sources that cannot be split (`SINGLE_WORKER_SOURCES`) run in worker 0 only;
-- workers 1..N-1 keep their state apart: file channel directories get `-worker<i>`,
-  file_roll file names the prefix `worker<i>-`. Worker 0 uses the paths as configured,
+- workers 1..N-1 keep their state apart: file channel directories (and those of
+  spillablememory overflows) get `-worker<i>`, file_roll file names the prefix
+  `worker<i>-`. Worker 0 uses the paths as configured,
   so an agent that grows from one process to several keeps its state.
 """
 
@@ -90,7 +91,7 @@ def for_worker(spec: AgentSpec, index: int) -> AgentSpec:
     tag = f"worker{index}"
     channels = dict(spec.channels)
     for name, c in spec.channels.items():
-        if c.type == "file":
+        if c.type in ("file", "spillablememory"):  # the latter's overflow is a file channel
             dirs = ",".join(f"{d.strip().rstrip('/')}-{tag}" for d in c.config.dataDirs.split(","))
             cp = c.config.checkpointDir.strip()
             channels[name] = _with_suffix(

@@ -18,6 +18,10 @@ from flumed.channels.base import Channel
 from flumed.channels.file import FileChannel, FileChannelConfig
 from flumed.channels.jdbc import JdbcChannel, JdbcChannelConfig
 from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
+from flumed.channels.spillablememory import (
+    SpillableMemoryChannel,
+    SpillableMemoryChannelConfig,
+)
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 
@@ -47,6 +51,23 @@ def _file(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
         minimumRequiredSpace=0,  # the contract must not depend on this disk's free space
     )
     return FileChannel("c1", cfg)
+
+
+def _spillable(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
+    """Room for one transaction in memory, the rest of the capacity in the overflow: a
+    put batch goes whole to one store, so the capacity the contract expects holds, and
+    the tests that fill past one transaction span both stores (capacity == tx: memory
+    only, as overflowCapacity = 0)."""
+    mem = tx
+    cfg = SpillableMemoryChannelConfig(
+        memoryCapacity=mem,
+        overflowCapacity=capacity - mem,
+        overflowTimeout=keep_alive,
+        transactionCapacity=tx,
+        dataDirs=str(tmp / "data"),
+        minimumRequiredSpace=0,
+    )
+    return SpillableMemoryChannel("c1", cfg)
 
 
 def _reachable(port: int) -> bool:
@@ -80,6 +101,7 @@ CHANNEL_TYPES: dict[str, Callable[[Path, int, int, float], Channel]] = {
     "file": _file,
     "jdbc-postgresql": _jdbc(JDBC_PG, 5432),
     "jdbc-mysql": _jdbc(JDBC_MYSQL, 3306),
+    "spillablememory": _spillable,
 }
 
 
