@@ -19,6 +19,7 @@ import enum
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flumed.event import Event
 from flumed.rpc.thrift_protocol import (
@@ -181,10 +182,10 @@ def encode_error(call: LogCall, kind: int, message: str) -> bytes:
     )
 
 
-_idl = None
+_idl: Any = None
 
 
-def load_idl():  # type: ignore[no-untyped-def]
+def load_idl() -> Any:
     """scribe.thrift as a thriftpy2 module (`scribe_thrift`), loaded once."""
     global _idl
     if _idl is None:
