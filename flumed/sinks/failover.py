@@ -43,7 +43,8 @@ class FailoverSinkProcessor(SinkProcessor):
         # Highest priority first; ties keep declaration order.
         self._order = sorted(self.sinks, key=lambda s: -prio[s.name])
         self._penalties = Penalties(sinks, config.maxpenalty / 1000, group=name)
-        self._current: str | None = None  # the sink that delivered last
+        # The sink that delivered last; the preferred one until something delivers.
+        self._current: str | None = self._order[0].name if self._order else None
 
     @property
     def active(self) -> Sink | None:
