@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,14 +154,15 @@ class SpillableMemoryChannelCounter(ChannelCounter):
     """The channel counters plus `Unhealthy`: the overflow file channel's (1 while its
     writes fail), so /health and the metrics show a failing overflow disk."""
 
-    def __init__(self, channel: SpillableMemoryChannel) -> None:
-        super().__init__(channel.name, lambda: channel.size, lambda: channel.capacity)
-        self._channel = channel
+    def __init__(self, name: str, size: Callable[[], int], capacity: Callable[[], int]) -> None:
+        super().__init__(name, size, capacity)
+        #: The overflow file channel's counter (set by the channel; None without one).
+        self.overflow: ChannelCounter | None = None
 
     @property
     def Unhealthy(self) -> int:  # Flume's counter name
-        ovf = self._channel.overflow
-        return int(getattr(ovf.counter, "Unhealthy", 0)) if ovf is not None else 0
+        ovf = self.overflow
+        return int(getattr(ovf, "Unhealthy", 0)) if ovf is not None else 0
 
     def values(self) -> dict[str, float | int]:
         out = super().values()
@@ -309,19 +310,19 @@ class SpillableMemoryChannel(Channel):
     """
 
     Config = SpillableMemoryChannelConfig
-    description = "Memory first, spilling into a file channel when full."
     config: SpillableMemoryChannelConfig
     counter: SpillableMemoryChannelCounter
+    counter_class = SpillableMemoryChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = SpillableMemoryChannelCounter(self)
         self.memory: MemoryChannel | None = (
             MemoryChannel(name, config.memory()) if config.memoryCapacity else None
         )
         self.overflow: FileChannel | None = (
             FileChannel(name, config.overflow()) if config.overflowCapacity else None
         )
+        self.counter.overflow = self.overflow.counter if self.overflow is not None else None
         self._order: deque[list[Any]] = deque()
         self._not_empty = _Waiters()
         self._mem_room = _Waiters()

@@ -182,7 +182,7 @@ def encode_error(call: LogCall, kind: int, message: str) -> bytes:
     )
 
 
-_idl = None
+_idl: Any = None
 
 
 def load_idl() -> Any:

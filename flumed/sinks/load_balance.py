@@ -6,6 +6,7 @@ sinks aside with exponential backoff), `selector.maxTimeOut` (ms, the backoff ca
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from flumed.config.keys import key
 from flumed.errors import DeliveryError, FlumedError
 from flumed.sinks.base import Sink, Status
 from flumed.sinks.runner import Penalties, SinkProcessor
+
+log = logging.getLogger("flumed.sinks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
     def __init__(self, name: str, sinks: Sequence[Sink], config: LoadBalanceConfig) -> None:
         super().__init__(name, sinks, config)
         self._next = 0
-        self._penalties = Penalties(sinks, config.maxTimeOut / 1000)
+        self._penalties = Penalties(sinks, config.maxTimeOut / 1000, group=name)
 
     def _order(self) -> list[Sink]:
         if self.config.selector == "random":
@@ -56,7 +59,10 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             except FlumedError as e:
                 errors.append(f"{s.name}: {e}")
                 if self.config.backoff:
-                    self._penalties.failed(s)
+                    self._penalties.failed(s, e)
+                else:
+                    log.warning("Sink group %s: sink %s failed, trying the next: %s",
+                                self.name, s.name, e)  # fmt: skip
                 continue
             self._penalties.succeeded(s)
             return status
@@ -65,3 +71,10 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             if errors
             else f"All sinks of group {self.name} are backed off."
         )
+
+    def problems(self) -> list[tuple[str, float]]:
+        """For /health: sinks of the group set aside (backoff) after failing."""
+        return [
+            (f"sink {name} is failing and backed off: {cause}", since)
+            for name, cause, since in self._penalties.backing_off()
+        ]

@@ -53,20 +53,52 @@ class DefaultSinkProcessor(SinkProcessor):
 
 class Penalties:
     """Sinks of a group set aside after a failure, for min(2^failures * 1 s, maximum)
-    (Flume's FailoverSinkProcessor and backoff of LoadBalancingSinkProcessor)."""
+    (Flume's FailoverSinkProcessor and backoff of LoadBalancingSinkProcessor).
 
-    def __init__(self, sinks: Sequence[Sink], maximum: float) -> None:
+    Failures are visible: each sink put into backoff is logged (rate-limited per sink,
+    naming the group, the sink and the cause), its return is logged once, and
+    `backing_off()` tells the health check which sinks are out and since when.
+    """
+
+    def __init__(self, sinks: Sequence[Sink], maximum: float, group: str = "") -> None:
+        self.group = group
         self._backoff = {s.name: Backoff(1.0, maximum, exponential=True) for s in sinks}
         self._until = dict.fromkeys(self._backoff, 0.0)
+        #: sink name -> (cause, Unix time of the first failure of its streak)
+        self.failing: dict[str, tuple[str, float]] = {}
+        self._warn = {name: RateLimitedLog(log, interval=5.0) for name in self._backoff}
 
     def available(self, sink: Sink, now: float) -> bool:
         return self._until[sink.name] <= now
 
-    def failed(self, sink: Sink) -> None:
-        self._until[sink.name] = time.monotonic() + self._backoff[sink.name].next_delay()
+    def failed(self, sink: Sink, cause: object = "") -> None:
+        delay = self._backoff[sink.name].next_delay()
+        self._until[sink.name] = time.monotonic() + delay
+        since = self.failing.get(sink.name, ("", time.time()))[1]
+        self.failing[sink.name] = (str(cause) or "delivery failed", since)
+        self._warn[sink.name].warn(
+            "Sink group %s: sink %s failed, backing off for %.0fs: %s",
+            self.group,
+            sink.name,
+            delay,
+            cause,
+        )
 
     def succeeded(self, sink: Sink) -> None:
-        self._backoff[sink.name].reset()
+        b = self._backoff[sink.name]
+        if b.consecutive:
+            log.info(
+                "Sink group %s: sink %s delivers again after %d failures.",
+                self.group,
+                sink.name,
+                b.consecutive,
+            )
+        b.reset()
+        self.failing.pop(sink.name, None)
+
+    def backing_off(self) -> list[tuple[str, str, float]]:
+        """(sink, cause, since) for every sink whose last attempt failed."""
+        return [(name, cause, since) for name, (cause, since) in self.failing.items()]
 
 
 class SinkRunner:

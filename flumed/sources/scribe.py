@@ -28,7 +28,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from flumed.config.keys import ignored, key
+from flumed.config.keys import ignored, key, listen_claims
 from flumed.rpc.scribe_protocol import (
     ResultCode,
     decode_log,
@@ -68,6 +68,9 @@ class ScribeSourceConfig(ListenerKeys):
 
     IGNORED = ignored("workerThreads")
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 class _ScribeFrames(FrameDecoder):
     """Thrift frames, with the limit named by this source's key."""
@@ -80,7 +83,6 @@ class _ScribeFrames(FrameDecoder):
 
 class ScribeSource(RpcServerSource):
     Config = ScribeSourceConfig
-    description = "Scribe's Log over framed binary Thrift; category as a header."
     config: ScribeSourceConfig
     bad_input = (ProtocolError,)
     protocol_name = "Scribe, framed binary Thrift"

@@ -12,7 +12,6 @@ bounds a sink that syncs every batch of 1,000 to ~200,000 events/s.
 from __future__ import annotations
 
 import asyncio
-import gc
 import shutil
 import statistics
 import tempfile
@@ -20,11 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from flumed.agent import Agent
-from flumed.cli import tune_gc
 from flumed.config.graph import build_agent
+from tests.bench import _harness
 
 EVENTS = 500_000
 BATCH = 1000
@@ -84,9 +81,7 @@ async def _pipeline(hdfs: dict[str, Any]) -> float:
     out = tempfile.mkdtemp(prefix="flumed-bench-hdfs-")
     try:
         agent = Agent(build_agent(_doc(out, hdfs), "a1", "bench"))
-        tune_gc()
-        gc.collect()
-        gc.freeze()
+        _harness.started()
         t0 = time.perf_counter()
         await agent.start()
         sinks = list(agent.sinks.values())
@@ -112,7 +107,7 @@ async def _pipeline(hdfs: dict[str, Any]) -> float:
 def main() -> None:
     nbytes = sum(len(b"%d" % i) for i in range(EVENTS))
     for name, hdfs in CASES:
-        times = [uvloop.run(_pipeline(hdfs)) for _ in range(3)]
+        times = [_harness.run(_pipeline(hdfs)) for _ in range(3)]
         dt = statistics.median(times)
         print(
             f"seq -> memory -> hdfs local ({name}, batch {BATCH}, hourly buckets): "

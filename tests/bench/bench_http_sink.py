@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from flumed.agent import Agent
-from flumed.cli import tune_gc
 from flumed.config.graph import build_agent
+from tests.bench import _harness
 from tests.util import free_port
 
 EVENTS = 500_000
@@ -63,7 +63,7 @@ async def run_agent(doc: dict, total: int) -> tuple[float, float]:
     """Start the agent, wait until the sink drained `total` events; (wall seconds, CPU
     seconds of this process) taken."""
     agent = Agent(build_agent(doc, "a1", "bench"))
-    tune_gc()  # as `flumed agent` does
+    _harness.started()
     t0 = time.perf_counter()
     c0 = time.process_time()
     await agent.start()
@@ -86,14 +86,12 @@ async def run_agent(doc: dict, total: int) -> tuple[float, float]:
 
 
 def measure(label: str, sink: dict[str, Any], kind: str, nbytes_per_event: float) -> float:
-    import uvloop
-
     rates, cpu_rates = [], []
     with double(kind) as url:
         for _ in range(3):
             doc = seq_doc({**sink, **({"endpoint": url} if kind == "recorder" else
                                       {"hostNames": url})}, EVENTS, BATCH)  # fmt: skip
-            wall, cpu = uvloop.run(run_agent(doc, EVENTS))
+            wall, cpu = _harness.run(run_agent(doc, EVENTS))
             rates.append(EVENTS / wall)
             cpu_rates.append(EVENTS / cpu)
     rate = statistics.median(rates)

@@ -11,7 +11,6 @@ Medians of ROUNDS rounds; the machine is shared, so the figures are noisy.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from flumed.routing.selectors import SelectorConfig, build_selector
 from flumed.sinks.base import Status
 from flumed.sinks.null import NullSink, NullSinkConfig
 from flumed.sinks.runner import DefaultSinkProcessor, SinkRunner
+from tests.bench import _harness
 
 TOTAL = 200_000
 BATCH = 1000
@@ -52,7 +52,7 @@ async def burst() -> tuple[float, float, int]:
         sink = NullSink("k1", NullSinkConfig(batchSize=BATCH))
         sink.channel = ch
         await sink.start()
-        gc.collect()
+        _harness.started()
         t0 = time.perf_counter()
         for start in range(0, TOTAL, BATCH):
             await processor.process_batch([Event(PAD % i) for i in range(start, start + BATCH)])
@@ -76,7 +76,7 @@ async def steady() -> float:
         sink.channel = ch
         await sink.start()
         runner = SinkRunner(DefaultSinkProcessor("k1", [sink]))
-        gc.collect()
+        _harness.started()
         t0 = time.perf_counter()
         runner.start()
         for start in range(0, TOTAL, BATCH):
@@ -91,15 +91,13 @@ async def steady() -> float:
 
 
 def main() -> None:
-    import uvloop
-
     puts, drains, flows = [], [], []
     spilled = 0
     for _ in range(ROUNDS):
-        tp, td, spilled = uvloop.run(burst())
+        tp, td, spilled = _harness.run(burst())
         puts.append(TOTAL / tp)
         drains.append(TOTAL / td)
-        flows.append(TOTAL / uvloop.run(steady()))
+        flows.append(TOTAL / _harness.run(steady()))
     for label, rates in (
         (f"burst put, {spilled:,} of {TOTAL:,} spilled", puts),
         ("burst drain (memory, then overflow)", drains),

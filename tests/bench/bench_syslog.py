@@ -10,7 +10,6 @@ messages), the load generator on the same machine, runs interleaved.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import statistics
@@ -19,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from flumed.cli import tune_gc
 from flumed.sources.syslog_parser import SyslogFramer, SyslogParser
 from tests.util import AgentProcess, free_port
 
@@ -56,7 +56,7 @@ def messages3164(n: int) -> bytes:
 def parser_only(data: bytes, keep_fields: str = "none") -> tuple[float, int]:
     """(messages/s, count) for framing + parsing alone, in this process (with the
     daemon's garbage-collector thresholds)."""
-    gc.set_threshold(50_000, 50, 100)
+    tune_gc()
     framer = SyslogFramer(2500)
     parser = SyslogParser(keep_fields)
     step = 256 * 1024
