@@ -15,7 +15,7 @@ from pathlib import Path
 from flumed import __version__, registry, systemd, workers
 from flumed.agent import DEFAULT_GRACE, Agent
 from flumed.config.graph import AgentSpec, agent_names, build_agent
-from flumed.config.loader import is_properties, load_document
+from flumed.config.loader import is_properties, load_config
 from flumed.config.preflight import preflight
 from flumed.config.properties import properties_to_document, to_toml
 from flumed.counters import Counter
@@ -30,9 +30,26 @@ log = logging.getLogger("flumed")
 DEFAULT_CONF = Path(__file__).with_name("default.toml")
 
 
-def load_spec(path: str, name: str | None) -> AgentSpec:
-    """Raises ConfigError. In a worker process: that worker's share (flumed.workers)."""
-    return workers.this_process(build_agent(load_document(path), name, str(path)))
+def load_spec(
+    path: str, name: str | None, sysprops: dict[str, str] | None = None, strict: bool = False
+) -> AgentSpec:
+    """Load, resolve `${...}` and check one agent. A properties file's unknown keys are
+    warnings unless `strict` (TOML's are always errors). Raises ConfigError."""
+    loaded = load_config(path, sysprops)
+    spec = build_agent(loaded.doc, name, str(path), strict=strict or not loaded.properties)
+    # In a worker process: that worker's share (flumed.workers).
+    return workers.this_process(spec)
+
+
+def sysprops(args: argparse.Namespace) -> dict[str, str]:
+    """`-Dname=value` arguments as a dict (`${sys:name}`). Raises ConfigError."""
+    out: dict[str, str] = {}
+    for d in getattr(args, "define", None) or []:
+        name, eq, value = d.partition("=")
+        if not eq or not name:
+            raise ConfigError(f"-D{d}: expected -DNAME=VALUE")
+        out[name] = value
+    return out
 
 
 class AgentProcess:
@@ -59,7 +76,7 @@ class AgentProcess:
     async def run(self) -> int:
         args = self.args
         try:
-            spec = load_spec(args.file, args.name)
+            spec = load_spec(args.file, args.name, sysprops(args))
         except ConfigError as e:
             for p in e.problems:
                 log.error("%s", p)
@@ -123,7 +140,7 @@ class AgentProcess:
             systemd.notify("RELOADING=1")
             log.info("Received SIGHUP: reloading %s.", self.args.file)
             try:
-                spec = load_spec(self.args.file, self.agent.name)
+                spec = load_spec(self.args.file, self.agent.name, sysprops(self.args))
             except ConfigError as e:
                 log.error("Reload refused; the running configuration stays. Errors:")
                 for p in e.problems:
@@ -169,7 +186,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"flumed agent: {e}", file=sys.stderr)
         return 2
-    count, agent = workers.plan(args, load_spec)
+    count, agent = workers.plan(args, lambda f, n: load_spec(f, n, sysprops(args)))
     if count > 1:
         return workers.supervise(args, count, agent)
     prepare_runtime()
@@ -190,10 +207,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("flumed validate: -f FILE is required", file=sys.stderr)
         return 2
     try:
-        doc = load_document(args.file)
+        loaded = load_config(args.file, sysprops(args))
     except ConfigError as e:
         print("\n".join(e.problems), file=sys.stderr)
         return 1
+    doc = loaded.doc
+    strict = args.strict or not loaded.properties
     names = [args.name] if args.name else agent_names(doc)
     if not names:
         print(f"{args.file}: no agents defined", file=sys.stderr)
@@ -201,7 +220,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for n in names:
         try:
-            spec = build_agent(doc, n, args.file)
+            spec = build_agent(doc, n, args.file, strict=strict)
         except ConfigError as e:
             problems.extend(e.problems)
             continue
@@ -226,12 +245,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    notes: list[str] = []
     try:
-        sys.stdout.write(to_toml(properties_to_document(text)))
+        out = to_toml(properties_to_document(text, notes))
     except ConfigError as e:
         print("\n".join(e.problems), file=sys.stderr)
         return 1
+    for n in notes:
+        print(f"{args.file}: {n}", file=sys.stderr)
+    sys.stdout.write(out)
     return 0
+
+
+def _add_define(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-D",
+        dest="define",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a system property for ${sys:NAME} in the configuration (Flume's -D)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain: one line an entry; json: one JSON object a line "
         "(default: $FLUMED_LOG_FORMAT or plain)",
     )
+    _add_define(a)
     a.set_defaults(func=cmd_agent)
 
     v = sub.add_parser("validate", help="check a configuration without starting it")
@@ -300,10 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-n", "--name", default=None)
     v.add_argument("--list-types", action="store_true", help="print the component types")
     v.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse unknown keys in a .properties file too (TOML always refuses them)",
+    )
+    v.add_argument(
         "--check-ports",
         action="store_true",
         help="also try to bind every listening port (fails when one is taken)",
     )
+    _add_define(v)
     v.set_defaults(func=cmd_validate)
 
     c = sub.add_parser("convert", help="print a Flume .properties file as TOML")

@@ -1,26 +1,25 @@
-"""TLS from PEM files, with Flume's keys, for sources and sinks: one key set each side.
+"""TLS from PEM files or Java keystores, with Flume's keys, for sources and sinks: one
+key set each side.
 
-Flume reads a Java keystore (`keystore`, `keystore-password`, `keystore-type`); flumed
-reads a PEM certificate chain and a PEM private key instead. `ServerTlsKeys` is the key
-set every TLS-capable source includes (`syslogtcp`, `multiport_syslogtcp`, `http`,
-`avro`, `thrift`), Flume's spellings as aliases:
+`ServerTlsKeys` is the key set every TLS-capable source includes (`syslogtcp`,
+`multiport_syslogtcp`, `http`, `avro`, `thrift`), Flume's spellings as aliases:
 
 - `ssl` (alias `enableSSL`; false): serve TLS.
-- `certificate` (alias `keystore`): PEM file with the server certificate (and its chain).
-  A Java keystore (`.jks`, `.p12`, `.pfx`, `.keystore`, or `keystore-type` other than
-  PEM) is refused with a message saying how to convert it.
+- `certificate` (alias `keystore`): Flume's Java keystore (JKS, JCEKS or PKCS12, read by
+  flumed.keystores), or a PEM file with the server certificate (and its chain).
 - `key` (alias `keystore-key`): PEM file with the private key (may be the certificate file).
-- `key-password` (aliases `keystore-password`, `keystorePassword`): the key's passphrase.
-- `keystore-type` (PEM): only PEM is read.
+- `key-password` (aliases `keystore-password`, `keystorePassword`): the keystore's
+  password, or the PEM key's passphrase.
+- `keystore-type` (PEM): PEM, JKS, JCEKS or PKCS12; the file's content decides.
 - `exclude-protocols` (alias `excludeProtocols`; `SSLv3`) / `include-protocols`:
   space-separated protocol names (`TLSv1`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`); they set the
   lowest and highest version.
-- `exclude-cipher-suites` / `include-cipher-suites`: accepted and ignored with a warning
-  (Java suite names; OpenSSL's defaults apply).
+- `exclude-cipher-suites` / `include-cipher-suites`: Java suite names, honoured through
+  OpenSSL's names (flumed.tls_ciphers).
 
-`ClientTlsKeys` is the sinks' side: `ssl`, `truststore` (a PEM CA file; else the system
-CAs), `truststore-type` (PEM), `trust-all-certs`, `ssl-verify-hostname`, and the protocol
-keys (`truststore-password` and the cipher-suite keys are ignored with a warning).
+`ClientTlsKeys` is the sinks' side: `ssl`, `truststore` (a PEM CA file or a Java
+truststore; else the system CAs), `truststore-password`, `truststore-type`,
+`trust-all-certs`, `ssl-verify-hostname`, and the protocol and cipher-suite keys.
 """
 
 from __future__ import annotations
@@ -30,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext  # the key sets below have a field named `ssl`
 
-from flumed.config.keys import ignored, key
+from flumed import keystores
+from flumed.config.keys import key
 from flumed.errors import ComponentStartError
+from flumed.tls_ciphers import apply_ciphers, cipher_problems
 
 _ORDER = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 _VERSIONS = {
@@ -89,15 +90,22 @@ def server_context(
     password: str | None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
-    """A server-side context from PEM files (call from `start()`: it reads them).
+    """A server-side context from PEM files or a Java keystore (call from `start()`: it
+    reads them). `ciphers`: Flume's (include-, exclude-cipher-suites), Java names.
 
     Raises:
-        OSError / ssl.SSLError / ValueError: a file is missing or invalid.
+        OSError / ssl.SSLError / ValueError (KeystoreError): a file is missing or invalid.
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(certfile, keyfile, password)
+    if keystores.is_java_keystore(certfile):
+        # JKS/JCEKS/PKCS12: `password` is the store's (and, as keytool makes them, the key's).
+        keystores.load_key_material(ctx, keystores.read_keystore(certfile, password))
+    else:
+        ctx.load_cert_chain(certfile, keyfile, password)
     _limit_versions(ctx, include, exclude)
+    apply_ciphers(ctx, *ciphers)
     return ctx
 
 
@@ -107,16 +115,24 @@ def client_context(
     verify_hostname: bool = True,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    truststore_password: str | None = None,
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
-    """A client-side context: the CAs of `cafile` (else the system's), or no checks at
-    all with `trust_all`. Raises OSError / ssl.SSLError / ValueError."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    """A client-side context: the CAs of `cafile` (PEM, or a JKS/JCEKS/PKCS12 truststore
+    opened with `truststore_password`; else the system's CAs), or no checks at all with
+    `trust_all`. Raises OSError / ssl.SSLError / ValueError (KeystoreError)."""
+    if cafile is not None and keystores.is_java_keystore(cafile):
+        cadata = keystores.read_truststore(cafile, truststore_password)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=cadata)
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     if trust_all:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     elif not verify_hostname:
         ctx.check_hostname = False
     _limit_versions(ctx, include, exclude)
+    apply_ciphers(ctx, *ciphers)
     return ctx
 
 
@@ -127,6 +143,7 @@ def start_server_context(
     password: str | None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
     """`server_context` for a component's `start()`.
 
@@ -134,7 +151,7 @@ def start_server_context(
         ComponentStartError: naming `who` and the files that could not be loaded.
     """
     try:
-        return server_context(certificate, key, password, include, exclude)
+        return server_context(certificate, key, password, include, exclude, ciphers)
     except (OSError, ssl.SSLError, ValueError) as e:
         raise ComponentStartError(
             f"{who}: cannot load TLS certificate {certificate!r} (key {key or certificate!r}): {e}"
@@ -148,6 +165,8 @@ def start_client_context(
     verify_hostname: bool = True,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    truststore_password: str | None = None,
+    ciphers: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ssl.SSLContext:
     """`client_context` for a component's `start()`.
 
@@ -155,20 +174,22 @@ def start_client_context(
         ComponentStartError: naming `who` and the truststore that could not be loaded.
     """
     try:
-        return client_context(cafile, trust_all, verify_hostname, include, exclude)
+        return client_context(
+            cafile, trust_all, verify_hostname, include, exclude, truststore_password, ciphers
+        )
     except (OSError, ssl.SSLError, ValueError) as e:
         raise ComponentStartError(f"{who}: cannot load truststore {cafile!r}: {e}") from e
 
 
 # -- the key sets ------------------------------------------------------------------------
 
-_JAVA_STORES = (".jks", ".p12", ".pfx", ".keystore", ".pkcs12")
+#: `keystore-type` / `truststore-type` values accepted (the content decides, see keystores).
+STORE_TYPES = ("PEM", "JKS", "JCEKS", "PKCS12")
 
-#: Flume TLS keys accepted without effect; merge into a config's IGNORED.
-TLS_IGNORED = ignored("exclude-cipher-suites", "include-cipher-suites")
-CLIENT_TLS_IGNORED = ignored(
-    "truststore-password", "exclude-cipher-suites", "include-cipher-suites"
-)
+#: Flume TLS keys accepted without effect; merge into a config's IGNORED. (None today:
+#: keystores and cipher suites are honoured.)
+TLS_IGNORED: dict[str, str] = {}
+CLIENT_TLS_IGNORED: dict[str, str] = {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,34 +206,40 @@ class ServerTlsKeys:
     key_password: str | None = key(
         None, name="key-password", aliases=("keystore-password", "keystorePassword")
     )
-    keystore_type: str = key("PEM", name="keystore-type", doc="Only PEM is read.")
+    keystore_type: str = key(
+        "PEM", name="keystore-type", doc="PEM, JKS, JCEKS or PKCS12 (the content decides)."
+    )
     exclude_protocols: list[str] = key(
         ["SSLv3"], name="exclude-protocols", aliases=("excludeProtocols",)
     )
     include_protocols: list[str] = key([], name="include-protocols")
+    include_cipher_suites: list[str] = key(
+        [], name="include-cipher-suites", doc="Java suite names (flumed.tls_ciphers)."
+    )
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
 
     def tls_problems(self, cert_key: str = "certificate") -> list[str]:
         """Config check of these keys (pure). `cert_key`: the certificate's key name as
         the source's Flume documentation spells it (`keystore` for thrift)."""
         problems = []
-        java = self.keystore_type.upper() != "PEM" or (
-            self.certificate is not None and self.certificate.lower().endswith(_JAVA_STORES)
-        )
-        if java:
+        if self.keystore_type.upper() not in STORE_TYPES:
             problems.append(
-                f"keystore-type {self.keystore_type!r} / key 'keystore': Java keystores are "
-                "not read by flumed (JKS/PKCS12); export the certificate and key as PEM (e.g. "
-                "`keytool -importkeystore -deststoretype PKCS12` then `openssl pkcs12 -nodes`) "
-                "and set 'certificate' and 'key'"
+                f"key 'keystore-type': {self.keystore_type!r}; expected one of "
+                + ", ".join(STORE_TYPES)
             )
         if self.ssl and not self.certificate:
             # Each source's wording as before: "key 'certificate'" / Flume thrift's 'keystore'.
             named = "key 'certificate'" if cert_key == "certificate" else f"'{cert_key}'"
             alias = "keystore" if cert_key == "certificate" else "certificate"
             problems.append(
-                f"ssl = true needs {named} (a PEM file with the certificate chain; alias '{alias}')"
+                f"ssl = true needs {named} (a Java keystore, or a PEM file with the "
+                f"certificate chain; alias '{alias}')"
             )
-        return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
+        return (
+            problems
+            + protocol_problems(self.include_protocols, self.exclude_protocols)
+            + cipher_problems(self.include_cipher_suites, self.exclude_cipher_suites)
+        )
 
     def server_ssl(self, who: str) -> SSLContext | None:
         """The server context for `start()`, None without ssl. Raises ComponentStartError."""
@@ -226,6 +253,7 @@ class ServerTlsKeys:
             self.key_password,
             self.include_protocols,
             self.exclude_protocols,
+            (self.include_cipher_suites, self.exclude_cipher_suites),
         )
 
 
@@ -235,22 +263,31 @@ class ClientTlsKeys:
 
     ssl: bool = key(False, doc="Connect with TLS.")
     trust_all_certs: bool = key(False, name="trust-all-certs", doc="No certificate checks.")
-    truststore: str | None = key(None, doc="PEM file of trusted CA certificates")
-    truststore_type: str = key("PEM", name="truststore-type", doc="Only PEM is read.")
+    truststore: str | None = key(
+        None, doc="Trusted CAs: a PEM file or a JKS/JCEKS/PKCS12 truststore"
+    )
+    truststore_type: str = key("PEM", name="truststore-type", doc="Found from the content.")
+    truststore_password: str | None = key(None, name="truststore-password")
     include_protocols: list[str] = key([], name="include-protocols", doc="e.g. TLSv1.2 TLSv1.3")
     exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
+    include_cipher_suites: list[str] = key([], name="include-cipher-suites")
+    exclude_cipher_suites: list[str] = key([], name="exclude-cipher-suites")
     ssl_verify_hostname: bool = key(
         True, name="ssl-verify-hostname", doc="Check the certificate names `hostname`."
     )
 
     def tls_problems(self) -> list[str]:
         problems = []
-        if self.truststore_type.upper() != "PEM":
+        if self.truststore_type.upper() not in STORE_TYPES:
             problems.append(
-                f"truststore-type {self.truststore_type!r}: flumed reads a PEM file of CA "
-                "certificates (export them with `keytool -exportcert -rfc`)"
+                f"key 'truststore-type': {self.truststore_type!r}; expected one of "
+                + ", ".join(STORE_TYPES)
             )
-        return problems + protocol_problems(self.include_protocols, self.exclude_protocols)
+        return (
+            problems
+            + protocol_problems(self.include_protocols, self.exclude_protocols)
+            + cipher_problems(self.include_cipher_suites, self.exclude_cipher_suites)
+        )
 
     def client_ssl(self, who: str) -> SSLContext | None:
         """The client context for `start()`, None without ssl. Raises ComponentStartError."""
@@ -263,4 +300,6 @@ class ClientTlsKeys:
             self.ssl_verify_hostname,
             self.include_protocols,
             self.exclude_protocols,
+            self.truststore_password,
+            (self.include_cipher_suites, self.exclude_cipher_suites),
         )

@@ -42,6 +42,14 @@ from typing import Any
 import aiosqlite
 
 from flumed.channels.base import Channel, Transaction
+from flumed.channels.file_crypto import (
+    EncryptionConfig,
+    EncryptionConfigError,
+    KeyRing,
+    MissingKeyError,
+    blob_key,
+    is_encrypted,
+)
 from flumed.channels.memory import MemoryChannel, _Waiters
 from flumed.config.keys import ignored, key, prefix
 from flumed.counters import ChannelCounter
@@ -130,7 +138,11 @@ class FileChannelConfig:
         doc="flumed only: bytes of recent batches kept decoded in memory, to take them "
         "without reading the disk.",
     )
-    encryption: dict[str, Any] = prefix("encryption", doc="Refused: not supported.")
+    encryption: dict[str, Any] = prefix(
+        "encryption",
+        doc="Flume's encryption.* keys: batches encrypted at rest with AES-GCM "
+        "(docs/file-channel.md).",
+    )
 
     IGNORED = ignored(
         "useDualCheckpoints",
@@ -160,29 +172,25 @@ class FileChannelConfig:
                 f"transactionCapacity ({self.transactionCapacity}) must not exceed "
                 f"capacity ({self.capacity})"
             )
-        if self.encryption:
-            problems.append(
-                "encryption.* is not supported by flumed's file channel, and the events "
-                "would be stored unencrypted; remove the encryption keys (use an encrypted "
-                "file system for the data directory instead)"
-            )
+        problems += EncryptionConfig.from_prefix(self.encryption)[1]
+        return problems
+
+    def notes(self) -> list[str]:
+        """Warnings about keys Flume uses and flumed does not (logged by the config parser)."""
+        out = []
         dirs = _split_dirs(self.dataDirs)
         cp = self.checkpointDir.strip()
         if dirs and cp and Path(cp) != Path(dirs[0]):
-            log.warning(
-                "File channel: checkpointDir %s is not used; the database and its write-ahead "
-                "log (which is the checkpoint) live in dataDirs, %s.",
-                cp,
-                dirs[0],
+            out.append(
+                f"key 'checkpointDir': {cp} is not used; the database and its write-ahead "
+                f"log (which is the checkpoint) live in dataDirs, {dirs[0]}"
             )
         if len(dirs) > 1:
-            log.warning(
-                "File channel: dataDirs lists %d directories; flumed keeps one database per "
-                "channel and uses only the first, %s.",
-                len(dirs),
-                dirs[0],
+            out.append(
+                f"key 'dataDirs': lists {len(dirs)} directories; flumed keeps one database "
+                f"per channel and uses only the first, {dirs[0]}"
             )
-        return problems
+        return out
 
 
 def _split_dirs(value: str) -> list[str]:
@@ -568,6 +576,8 @@ class FileChannel(Channel):
         self._freed = 0
         self._adopted: list[Event] = []
         self._last_warn = 0.0
+        self._encryption = EncryptionConfig.from_prefix(config.encryption)[0]
+        self._ring: KeyRing | None = None
 
     # -- Channel API -------------------------------------------------------------------
     def transaction(self) -> FileTransaction:
@@ -607,6 +617,11 @@ class FileChannel(Channel):
                 (the message names the file and how to recover), or an OS error.
         """
         self._closing = False
+        if self._encryption is not None:
+            try:
+                self._ring = await asyncio.to_thread(self._encryption.load)
+            except EncryptionConfigError as e:
+                raise ChannelError(f"Channel {self.name}: encryption: {e}") from None
         lock = DirLock(self.directory)
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
         lock.acquire(f"channel {self.name}")
@@ -615,6 +630,7 @@ class FileChannel(Channel):
             self._db = await aiosqlite.connect(self.path)
             await self._open_schema()
             nrows = await self._load_index()
+            await self._check_stored_keys()
             self._reader = await aiosqlite.connect(self.path)
             await self._reader.execute("PRAGMA query_only = 1")
         except BaseException:
@@ -794,6 +810,38 @@ class FileChannel(Channel):
         self._next_id = last + 1
         return len(rows)
 
+    async def _check_stored_keys(self) -> None:
+        """Refuse to start when the oldest or newest batch cannot be read with the keys
+        configured (a key left out of the ring, the wrong key store, encryption turned
+        off over encrypted data), rather than fail on the first take."""
+        db = self._db
+        assert db is not None
+        rows = await db.execute_fetchall(
+            "SELECT data FROM batches WHERE id IN "
+            "((SELECT min(id) FROM batches), (SELECT max(id) FROM batches))"
+        )
+        plain = False
+        for (data,) in rows:
+            if not is_encrypted(data):
+                plain = True
+                continue
+            if self._ring is None:
+                raise ChannelError(
+                    f"Channel {self.name}: {self.path} holds encrypted batches (key "
+                    f"{blob_key(data)!r}) but no encryption.* keys are configured"
+                )
+            try:
+                self._ring.decrypt(data)
+            except (MissingKeyError, ValueError) as e:
+                raise ChannelError(f"Channel {self.name}: {self.path}: {e}") from None
+        if plain and self._ring is not None:
+            log.warning(
+                "Channel %s: %s holds batches written before encryption was configured; "
+                "they are read as they are, new batches are encrypted.",
+                self.name,
+                self.path,
+            )
+
     # -- puts --------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._db is None or self._closing:
@@ -838,6 +886,8 @@ class FileChannel(Channel):
 
     def _new_row(self, events: list[Event]) -> _Row:
         data = encode_batch(events)
+        if self._ring is not None:
+            data = self._ring.encrypt(data)
         row = _Row(self._next_id, len(events), len(data))
         self._next_id += 1
         row.data = data
@@ -931,6 +981,8 @@ class FileChannel(Channel):
                 bad.append((r, "checksum mismatch"))
                 continue
             try:
+                if is_encrypted(data):
+                    data = self._decrypt(data)
                 events = decode_batch(data)
             except ValueError as e:
                 bad.append((r, str(e)))
@@ -942,6 +994,20 @@ class FileChannel(Channel):
             self._cached_bytes += r.size
         if bad:
             self._quarantine(bad)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """A stored batch in clear. A key not configured is the operator's to fix, not
+        damage: ChannelError (the take fails, the row stays). Raises ValueError when
+        the batch does not authenticate (damaged)."""
+        if self._ring is None:
+            raise ChannelError(
+                f"Channel {self.name}: a batch is encrypted (key {blob_key(data)!r}) but no "
+                "encryption.* keys are configured"
+            )
+        try:
+            return self._ring.decrypt(data)
+        except MissingKeyError as e:
+            raise ChannelError(f"Channel {self.name}: {e}") from None
 
     def _quarantine(self, bad: list[tuple[_Row, str]]) -> None:
         """Set unreadable rows aside (table `damaged`), loudly: their events are lost."""

@@ -36,7 +36,7 @@ from aiokafka import (
 from aiokafka.errors import KafkaError
 
 from flumed.channels.base import Channel, Transaction
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, prefix, renamed
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.kafka.codec import encode_flume_event
@@ -84,7 +84,18 @@ class KafkaChannelConfig:
     producer: dict[str, Any] = prefix("kafka.producer", doc="Kafka producer keys.")
     consumer: dict[str, Any] = prefix("kafka.consumer", doc="Kafka consumer keys.")
 
-    IGNORED = ignored("migrateZookeeperOffsets", "zookeeperConnect", "readSmallestOffset")
+    RENAMED = renamed(
+        {
+            "brokerList": "kafka.bootstrap.servers",
+            "topic": "kafka.topic",
+            "groupId": "kafka.consumer.group.id",
+        }
+    )
+    IGNORED = {
+        **ignored("migrateZookeeperOffsets", "readSmallestOffset"),
+        "zookeeperConnect": "is deprecated; flumed does not look the brokers up in ZooKeeper "
+        "(set 'kafka.bootstrap.servers')",
+    }
 
     def options(self) -> tuple[ClientOptions, ClientOptions]:
         return (

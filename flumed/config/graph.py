@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flumed import registry
-from flumed.config.keys import config_claims, flatten, group_named, parse
+from flumed.config.keys import config_claims, flatten, group_named, parse, unknown_key
 from flumed.errors import ConfigError
 from flumed.routing.selectors import SelectorConfig
 
@@ -87,9 +87,19 @@ def _section(
     return dict(sec)
 
 
-def _names(v: Any) -> list[str]:
+def _names(v: Any, where: str = "", key: str = "") -> list[str]:
     if isinstance(v, str):
-        return v.split()
+        if "," in v:
+            log.warning(
+                "%s: key '%s' = %r: Flume splits names on whitespace only, so it would look "
+                "for a name %r (comma included) and not find it; flumed reads the commas "
+                "as separators.",
+                where,
+                key,
+                v,
+                v.split()[0],
+            )
+        return v.replace(",", " ").split()
     if isinstance(v, list):
         return [str(x) for x in v]
     return []
@@ -101,7 +111,13 @@ def agent_names(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _component(
-    kind: str, name: str, section: Any, where: str, problems: list[str], drop: tuple[str, ...]
+    kind: str,
+    name: str,
+    section: Any,
+    where: str,
+    problems: list[str],
+    drop: tuple[str, ...],
+    strict: bool = True,
 ) -> tuple[ComponentSpec | None, dict[str, Any]]:
     """Resolve and parse one component; returns its spec and its full flat keys."""
     cwhere = f"{where}: {kind[:-1]} {name}"
@@ -124,7 +140,7 @@ def _component(
         if k != "type" and not any(k == d or k.startswith(d + ".") for d in drop)
     }
     try:
-        config = parse(cls.Config, own, cwhere)
+        config = parse(cls.Config, own, cwhere, strict=strict)
     except ConfigError as e:
         problems.extend(e.problems)
         return None, flat
@@ -150,8 +166,13 @@ def _base(kind: str) -> type:
     return bases[kind]
 
 
-def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
+def build_agent(
+    doc: Mapping[str, Any], agent: str | None, where: str, *, strict: bool = True
+) -> AgentSpec:
     """Check and build one agent of a document.
+
+    `strict = False` (a Flume properties file, without `validate --strict`) makes an
+    unknown key a warning, as Flume ignores it; otherwise it is an error.
 
     Raises:
         ConfigError: every problem found.
@@ -173,14 +194,17 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     problems: list[str] = []
     if not isinstance(a, Mapping):
         raise ConfigError(f"{where}: must be a table")
+    sections = ("sources", "channels", "sinks", "sinkgroups", "configfilters", "workers")
     for k in a:
-        if k not in ("sources", "channels", "sinks", "sinkgroups", "workers"):
-            problems.append(f"{where}: unknown key '{k}'")
+        if k not in sections:
+            err = unknown_key(where, k, sections, strict)
+            if err is not None:
+                problems.append(err)
     workers = _workers(a.get("workers", 1), where, problems)
 
     channels: dict[str, ComponentSpec] = {}
     for name, sec in _section(a, "channels", problems, where).items():
-        spec, _ = _component("channels", name, sec, where, problems, ())
+        spec, _ = _component("channels", name, sec, where, problems, (), strict)
         if spec is not None:
             channels[name] = spec
     declared_channels = set(_section(a, "channels", [], where))
@@ -189,9 +213,9 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     for name, sec in _section(a, "sources", problems, where).items():
         swhere = f"{where}: source {name}"
         spec, flat = _component(
-            "sources", name, sec, where, problems, ("channels", "selector", "interceptors")
+            "sources", name, sec, where, problems, ("channels", "selector", "interceptors"), strict
         )
-        chans = _names(flat.get("channels"))
+        chans = _names(flat.get("channels"), swhere, "channels")
         if not chans:
             problems.append(f"{swhere}: missing required key 'channels' (a source needs a channel)")
         for c in chans:
@@ -205,7 +229,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 sel_flat["type"] = short
         selector = SelectorConfig()
         try:
-            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
+            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector", strict=strict)
             for c in sorted(selector.channel_names() - set(chans)):
                 problems.append(
                     f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
@@ -224,7 +248,12 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
                 continue
             try:
                 icls = registry.resolve("interceptors", itype, _base("interceptors"))
-                iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
+                iconf = parse(
+                    icls.Config,
+                    {k: v for k, v in ikeys.items() if k != "type"},
+                    iwhere,
+                    strict=strict,
+                )
                 icpts.append(InterceptorSpec(iname, icls, iconf))
             except registry.UnknownTypeError as e:
                 problems.append(f"{iwhere}: key 'type': {e}")
@@ -245,7 +274,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     sinks: dict[str, SinkSpec] = {}
     declared_sinks = set(_section(a, "sinks", [], where))
     for name, sec in _section(a, "sinks", problems, where).items():
-        spec, flat = _component("sinks", name, sec, where, problems, ("channel",))
+        spec, flat = _component("sinks", name, sec, where, problems, ("channel",), strict)
         ch = flat.get("channel")
         if not isinstance(ch, str) or not ch:
             problems.append(f"{where}: sink {name}: missing required key 'channel'")
@@ -262,7 +291,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
     for name, sec in _section(a, "sinkgroups", problems, where).items():
         gwhere = f"{where}: sinkgroup {name}"
         flat = flatten(sec) if isinstance(sec, Mapping) else {}
-        members = _names(flat.get("sinks"))
+        members = _names(flat.get("sinks"), gwhere, "sinks")
         if not members:
             problems.append(f"{gwhere}: missing required key 'sinks'")
         for s in members:
@@ -275,7 +304,9 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
         pflat = {k[10:]: v for k, v in flat.items() if k.startswith("processor.")}
         for k in flat:
             if k != "sinks" and not k.startswith("processor."):
-                problems.append(f"{gwhere}: unknown key '{k}'")
+                err = unknown_key(gwhere, k, ("sinks", "processor.type"), strict)
+                if err is not None:
+                    problems.append(err)
         ptype = str(pflat.get("type", "default"))
         short = registry.canonical("sinkprocessors", ptype)
         if short is not None and "type" in pflat:
@@ -289,7 +320,7 @@ def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentS
         pconf = None
         if pcls.Config is not None:
             try:
-                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor")
+                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor", strict=strict)
             except ConfigError as e:
                 problems.extend(e.problems)
                 continue

@@ -21,10 +21,11 @@ declare `IGNORED`, `check()` and `claims()`, read only through `ignored_keys()`,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args, get_origin
 
 from flumed.errors import ConfigError
@@ -117,7 +118,10 @@ def prefix(name: str, *, doc: str = "") -> Any:
 
 
 def ignored(*names: str) -> dict[str, str]:
-    """Flume keys accepted for compatibility that have no meaning here (warned about)."""
+    """Flume keys accepted for compatibility that have no meaning here (warned about).
+
+    A name ending in `.*` stands for every key under that prefix (Jetty's
+    `HttpConfiguration.*`)."""
     return dict.fromkeys(names, "has no meaning in flumed and is ignored")
 
 
@@ -220,19 +224,89 @@ def key_names(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return {f.metadata.get("name") or f.name: f for f in dataclasses.fields(cls)}
 
 
-def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
+def renamed(pairs: Mapping[str, str]) -> dict[str, str]:
+    """Deprecated Flume keys still read: old name -> the key it is read as (warned).
+
+    As Flume 1.10's `translateOldProperties`: the old key is used only when the new one
+    is absent."""
+    return dict(pairs)
+
+
+def _apply_renamed(
+    flat: Mapping[str, Any], renames: Mapping[str, str], where: str
+) -> dict[str, Any]:
+    out = dict(flat)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out:
+            log.warning(
+                "%s: key '%s' is deprecated and ignored, because '%s' is set.", where, old, new
+            )
+        else:
+            log.warning("%s: key '%s' is deprecated; read as '%s' (use that).", where, old, new)
+            out[new] = value
+    return out
+
+
+def _ignored_reason(k: str, skip: Mapping[str, str]) -> str | None:
+    if k in skip:
+        return skip[k]
+    for name, why in skip.items():
+        if name.endswith(".*") and k.startswith(name[:-1]):
+            return why
+    return None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest candidate (case-insensitive), else ''."""
+    by_lower = {c.lower(): c for c in candidates}
+    m = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f" (did you mean '{by_lower[m[0]]}'?)" if m else ""
+
+
+def unknown_key(where: str, k: str, candidates: Iterable[str], strict: bool) -> str | None:
+    """An unknown key: the error text when `strict`, else None after a warning.
+
+    A Flume properties file runs on Flume with unknown keys ignored, so flumed warns
+    there (strict = False); TOML and `validate --strict` refuse them."""
+    hint = did_you_mean(k, candidates)
+    if strict:
+        return f"{where}: unknown key '{k}'{hint}"
+    log.warning(
+        "%s: unknown key '%s'%s: ignored, as Flume ignores it (validate --strict refuses it).",
+        where,
+        k,
+        hint,
+    )
+    return None
+
+
+def parse(cls: type[T], flat: Mapping[str, Any], where: str, *, strict: bool = True) -> T:
     """Build config dataclass `cls` from flat dotted keys.
+
+    Every problem is collected: bad values, missing keys, unknown keys (errors when
+    `strict`, else warnings, see `unknown_key`), and the config's own `check()` as long
+    as every value converted. A substituted (`${...}`) value is shown as written.
 
     Raises:
         ConfigError: listing every problem, each prefixed with `where`.
     """
+    from flumed.config.substitution import shown
+
     problems: list[str] = []
     hints = typing.get_type_hints(cls)
     skip = ignored_keys(cls)
+    renames: Mapping[str, str] = getattr(cls, "RENAMED", {})
+    if renames:
+        flat = _apply_renamed(flat, renames, where)
     values: dict[str, Any] = {}
     used: set[str] = set()
     prefixes: list[tuple[str, dataclasses.Field[Any]]] = []
+    known: list[str] = [k.removesuffix(".*") for k in skip]
     for fname, f in key_names(cls).items():
+        known.extend((fname, *f.metadata.get("aliases", ())))
         if f.metadata.get("prefix"):
             prefixes.append((fname, f))
             continue
@@ -247,14 +321,14 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
         try:
             v = convert_value(hints[f.name], raw)
         except ValueError as e:
-            problems.append(f"{where}: key '{found[0]}': {e}, got {raw!r}")
+            problems.append(f"{where}: key '{found[0]}': {e}, got {shown(raw)}")
             continue
         ge, le = f.metadata.get("ge"), f.metadata.get("le")
         if ge is not None and v is not None and v < ge:
-            problems.append(f"{where}: key '{found[0]}': must be >= {ge}, got {raw!r}")
+            problems.append(f"{where}: key '{found[0]}': must be >= {ge}, got {shown(raw)}")
             continue
         if le is not None and v is not None and v > le:
-            problems.append(f"{where}: key '{found[0]}': must be <= {le}, got {raw!r}")
+            problems.append(f"{where}: key '{found[0]}': must be <= {le}, got {shown(raw)}")
             continue
         values[f.name] = v
     # Longest prefix first, so `kafka.producer` wins over `kafka`.
@@ -267,20 +341,27 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
                 values.setdefault(f.name, {})[k[len(pname) + 1 :]] = flat[k]
                 used.add(k)
                 break
+    unknown: list[str] = []
     for k in flat:
         if k in used:
             continue
-        if k in skip:
-            log.warning("%s: key '%s' %s.", where, k, skip[k])
+        why = _ignored_reason(k, skip)
+        if why is not None:
+            log.warning("%s: key '%s' %s.", where, k, why)
             continue
-        problems.append(f"{where}: unknown key '{k}'")
+        err = unknown_key(where, k, known, strict)
+        if err is not None:
+            unknown.append(err)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems + unknown)
     try:
         obj = cls(**values)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError([*unknown, f"{where}: {e}"]) from None
     errs = config_problems(obj)
-    if errs:
-        raise ConfigError([f"{where}: {e}" for e in errs])
+    notes = getattr(obj, "notes", None)
+    for note in notes() if notes is not None else []:
+        log.warning("%s: %s", where, note)
+    if errs or unknown:
+        raise ConfigError(unknown + [f"{where}: {e}" for e in errs])
     return obj

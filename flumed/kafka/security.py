@@ -1,4 +1,4 @@
-"""Kafka TLS and SASL: Kafka's `ssl.*` keys (PEM files; Java keystores cannot be read)
+"""Kafka TLS and SASL: Kafka's `ssl.*` keys (PEM files or JKS/JCEKS/PKCS12 keystores)
 become an `ssl.SSLContext` at start; `sasl.jaas.config` gives the PLAIN/SCRAM
 credentials (a small JAAS parser)."""
 
@@ -9,6 +9,8 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from flumed import keystores
 
 if TYPE_CHECKING:
     from flumed.kafka.options import ClientOptions
@@ -46,6 +48,8 @@ class TlsOptions:
     cadata: str | None = None
     certfile: str | None = None
     key_password: str | None = None
+    truststore_password: str | None = None
+    keystore_password: str | None = None
     check_hostname: bool = True
     min_version: ssl.TLSVersion | None = None
     max_version: ssl.TLSVersion | None = None
@@ -119,23 +123,13 @@ def tls_options(props: Mapping[str, Any], pre: str, out: ClientOptions) -> TlsOp
         v = props.get(k)
         return None if v is None else str(v).strip()
 
-    def unsupported_store(kind: str) -> bool:
-        typ = (get(f"ssl.{kind}.type") or "").upper()
-        loc = get(f"ssl.{kind}.location") or ""
-        if typ in ("JKS", "PKCS12") or (not typ and loc.lower().endswith((".jks", ".p12"))):
-            out.problems.append(
-                f"key '{pre}ssl.{kind}.location': {typ or 'JKS/PKCS12'} stores cannot be read; "
-                f"convert it to PEM and set ssl.{kind}.type = PEM"
-            )
-            return True
-        return False
-
     cafile = cadata = certfile = None
-    if get("ssl.truststore.location") and not unsupported_store("truststore"):
+    # PEM files, or Java keystores (JKS/JCEKS/PKCS12, found by content: flumed.keystores).
+    if get("ssl.truststore.location"):
         cafile = get("ssl.truststore.location")
     if get("ssl.truststore.certificates"):
         cadata = get("ssl.truststore.certificates")
-    if get("ssl.keystore.location") and not unsupported_store("keystore"):
+    if get("ssl.keystore.location"):
         certfile = get("ssl.keystore.location")
     if get("ssl.keystore.key") or get("ssl.keystore.certificate.chain"):
         out.problems.append(
@@ -143,6 +137,8 @@ def tls_options(props: Mapping[str, Any], pre: str, out: ClientOptions) -> TlsOp
             "certificate chain in one file and name it in ssl.keystore.location"
         )
     key_password = get("ssl.key.password") or get("ssl.keystore.password")
+    truststore_password = get("ssl.truststore.password")
+    keystore_password = get("ssl.keystore.password")
     check_hostname = True
     algo = props.get("ssl.endpoint.identification.algorithm")
     if algo is not None and str(algo).strip() == "":
@@ -170,6 +166,8 @@ def tls_options(props: Mapping[str, Any], pre: str, out: ClientOptions) -> TlsOp
         cadata=cadata,
         certfile=certfile,
         key_password=key_password,
+        truststore_password=truststore_password,
+        keystore_password=keystore_password,
         check_hostname=check_hostname,
         min_version=min(versions) if versions else None,
         max_version=max(versions) if versions else None,
@@ -182,9 +180,16 @@ def build_ssl_context(t: TlsOptions) -> ssl.SSLContext:
     Raises:
         OSError, ssl.SSLError: a file cannot be read or holds no usable certificate/key.
     """
-    ctx = ssl.create_default_context(cafile=t.cafile, cadata=t.cadata)
+    cafile, cadata = t.cafile, t.cadata
+    if cafile and keystores.is_java_keystore(cafile):
+        cadata = (cadata or "") + keystores.read_truststore(cafile, t.truststore_password)
+        cafile = None
+    ctx = ssl.create_default_context(cafile=cafile, cadata=cadata)
     ctx.check_hostname = t.check_hostname
-    if t.certfile:
+    if t.certfile and keystores.is_java_keystore(t.certfile):
+        material = keystores.read_keystore(t.certfile, t.keystore_password, t.key_password)
+        keystores.load_key_material(ctx, material)
+    elif t.certfile:
         ctx.load_cert_chain(t.certfile, password=t.key_password)
     if t.min_version is not None:
         ctx.minimum_version = t.min_version

@@ -23,7 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from flumed.config.keys import key, prefix
+from flumed.config.keys import key, prefix, renamed
 from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.kafka.codec import encode_flume_event
@@ -70,6 +70,19 @@ class KafkaSinkConfig:
     timestampHeader: str | None = key(None, doc="Header holding the record's timestamp (ms).")
     header: dict[str, Any] = prefix("header", doc="header.<flume header> = <kafka header>")
     producer: dict[str, Any] = prefix("kafka.producer", doc="Kafka producer keys.")
+
+    RENAMED = renamed(
+        {
+            "brokerList": "kafka.bootstrap.servers",
+            "topic": "kafka.topic",
+            "batchSize": "flumeBatchSize",
+            "requiredAcks": "kafka.producer.acks",
+        }
+    )
+    IGNORED = {
+        "kafka.flumeBatchSize": "is not a Kafka or Flume setting (Flume ignores it too); "
+        "the number of events per transaction is 'flumeBatchSize'",
+    }
 
     def options(self) -> ClientOptions:
         return client_options(self.producer, "producer")

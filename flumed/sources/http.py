@@ -353,12 +353,19 @@ class HTTPSourceConfig(ListenerKeys, ServerTlsKeys):
             doc="Seconds a connection may wait for its next request; 0: never.",
         )
     )
-    jetty_pool: dict[str, Any] = prefix("QueuedThreadPool")
-    jetty_http: dict[str, Any] = prefix("HttpConfiguration")
-    jetty_ssl: dict[str, Any] = prefix("SslContextFactory")
-    jetty_connector: dict[str, Any] = prefix("ServerConnector")
 
-    IGNORED = TLS_IGNORED
+    IGNORED = {
+        **TLS_IGNORED,
+        **dict.fromkeys(
+            (
+                "QueuedThreadPool.*",
+                "HttpConfiguration.*",
+                "SslContextFactory.*",
+                "ServerConnector.*",
+            ),
+            "is a Jetty setting; flumed's HTTP server is not Jetty, so it is ignored",
+        ),
+    }
 
     @property
     def handler_name(self) -> str:
@@ -386,10 +393,35 @@ class HTTPSourceConfig(ListenerKeys, ServerTlsKeys):
                 f"key 'handler': unknown handler {name!r}; use JSONHandler, "
                 "BlobHandler or a Python class path (module:Class)"
             )
+        else:
+            problems.extend(_check_handler_class(name, self.handler_settings))
         return problems
 
     def claims(self) -> list[tuple[str, str]]:
         return listen_claims(self.port)
+
+
+def _check_handler_class(name: str, settings: dict[str, str]) -> list[str]:
+    """A class-path handler is imported and built at validate as at start (config check)."""
+    if name.lower().startswith("org.apache.flume."):
+        return [
+            f"key 'handler': Flume's {name} is not available in flumed; "
+            "available handlers: JSONHandler, BlobHandler, or a Python class path"
+        ]
+    try:
+        cls = import_from_string(name)
+    except (ImportError, AttributeError, ValueError) as e:
+        return [
+            f"key 'handler': cannot import {name!r}: {e} (a handler is a Python class, "
+            "module:Class; Java handler classes do not run in flumed)"
+        ]
+    if not callable(getattr(cls, "parse", None)):
+        return [f"key 'handler': {name!r} has no parse(request) method"]
+    try:
+        cls(settings)
+    except Exception as e:  # noqa: BLE001 - a third-party constructor may raise anything
+        return [f"key 'handler': cannot build {name!r}: {e}"]
+    return []
 
 
 class HTTPSource(ListeningSource):
@@ -408,9 +440,6 @@ class HTTPSource(ListeningSource):
         self._runner: web.AppRunner | None = None
         self._guards: dict[Any, GuardedConnection] = {}
         self.handler: HTTPSourceHandler | None = None
-        for p in ("jetty_pool", "jetty_http", "jetty_ssl", "jetty_connector"):
-            for k in getattr(config, p):
-                log.warning("Source %s: Jetty key %r has no meaning in flumed; ignored.", name, k)
 
     @property
     def header_timeout(self) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, prefix, renamed
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.kafka.counters import KafkaSourceCounter, elapsed_ms
@@ -66,7 +66,12 @@ class KafkaSourceConfig:
     header: dict[str, Any] = prefix("header", doc="header.<flume header> = <kafka header>")
     consumer: dict[str, Any] = prefix("kafka.consumer", doc="Kafka consumer keys.")
 
-    IGNORED = ignored("migrateZookeeperOffsets", "zookeeperConnect")
+    RENAMED = renamed({"topic": "kafka.topics", "groupId": "kafka.consumer.group.id"})
+    IGNORED = {
+        **ignored("migrateZookeeperOffsets"),
+        "zookeeperConnect": "is deprecated; flumed does not look the brokers up in ZooKeeper "
+        "(set 'kafka.bootstrap.servers')",
+    }
 
     def topic_list(self) -> list[str]:
         return [t.strip() for item in self.topics or () for t in item.split(",") if t.strip()]

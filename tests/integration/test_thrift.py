@@ -479,14 +479,14 @@ def problems(section: dict[str, Any]) -> str:
 
 def test_config_errors_name_the_key():
     bad_src = receiver(1234, protocol="json", ssl=True, kerberos=True)
-    bad_src["sources"]["r"]["keystore-type"] = "JKS"
+    bad_src["sources"]["r"]["keystore-type"] = "BKS"
     text = problems(bad_src)
     assert "key 'protocol'" in text and "compact" in text
     bad_src["sources"]["r"]["protocol"] = "binary"
     text = problems(bad_src)
-    assert "needs 'keystore'" in text and "kerberos" in text and "JKS" in text
+    assert "needs 'keystore'" in text and "kerberos" in text and "'BKS'" in text
     assert "'request-timeout': must be >= 1000" in problems(sender(1, 1, **{"request-timeout": 10}))
-    assert "JKS" in problems(sender(1, 1, **{"truststore-type": "JKS"}))
+    assert "'BKS'; expected one of" in problems(sender(1, 1, **{"truststore-type": "BKS"}))
     assert "missing required key 'hostname'" in problems(
         {**sender(1, 1), "sinks": {"k": {"type": "thrift", "channel": "c", "port": 1}}}
     )

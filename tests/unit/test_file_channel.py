@@ -135,7 +135,7 @@ def test_config_accepts_flume_keys_with_warnings(caplog: pytest.LogCaptureFixtur
     for k in ("useDualCheckpoints", "checkpointInterval", "maxFileSize", "fsyncInterval"):
         assert f"'{k}' has no meaning" in text
     assert "uses only the first, /var/flume/data1" in text
-    assert "checkpointDir /var/flume/checkpoint is not used" in text
+    assert "a1.channels.c1: key 'checkpointDir': /var/flume/checkpoint is not used" in text
 
 
 def test_config_refuses_encryption_and_oversized_transactions():

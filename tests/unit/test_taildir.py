@@ -348,6 +348,7 @@ def test_config_errors():
 
 def test_properties_form_matches_toml():
     text = (
+        "a1.sources = r1\na1.channels = c1\na1.sinks = k1\n"
         "a1.sources.r1.type = taildir\n"
         "a1.sources.r1.channels = c1\n"
         "a1.sources.r1.filegroups = f1 f2\n"

@@ -41,13 +41,18 @@ def test_flume_spellings_land_on_the_same_keys(cls) -> None:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("cls", list(BASE))
-def test_java_keystores_are_refused_with_the_way_out(cls) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ConfigError, match="Java keystores are not read"):
-        parse(cls, {**BASE[cls], "ssl": "true", "keystore": "/etc/tls/server.jks"}, "r")
-    with pytest.raises(ConfigError, match="keystore-type 'PKCS12'"):
-        parse(cls, {**BASE[cls], "keystore-type": "PKCS12"}, "r")
+def test_java_keystores_are_taken_and_odd_types_refused(cls) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16: Flume's keystores are read (flumed.keystores; see test_keystores.py)."""
+    c = parse(cls, {**BASE[cls], "ssl": "true", "keystore": "/etc/tls/server.jks",
+                    "keystore-password": "pw", "keystore-type": "JKS"}, "r")  # fmt: skip
+    assert (c.certificate, c.key_password, c.tls_problems()) == ("/etc/tls/server.jks", "pw", [])
+    with pytest.raises(ConfigError, match="key 'keystore-type': 'BKS'; expected one of"):
+        parse(cls, {**BASE[cls], "keystore-type": "BKS"}, "r")
 
 
-def test_cipher_suite_keys_are_accepted_and_ignored(caplog) -> None:  # type: ignore[no-untyped-def]
-    parse(AvroSourceConfig, {**BASE[AvroSourceConfig], "include-cipher-suites": "X"}, "r")
-    assert "include-cipher-suites" in caplog.text and "ignored" in caplog.text
+def test_cipher_suite_keys_are_honoured_and_checked() -> None:  # type: ignore[no-untyped-def]
+    c = parse(AvroSourceConfig, {**BASE[AvroSourceConfig],
+              "include-cipher-suites": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"}, "r")  # fmt: skip
+    assert c.include_cipher_suites == ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+    with pytest.raises(ConfigError, match="unknown or unavailable cipher suite 'X'"):
+        parse(AvroSourceConfig, {**BASE[AvroSourceConfig], "include-cipher-suites": "X"}, "r")
