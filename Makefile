@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench cov clean install-systemd
+.PHONY: venv install run test slow fleet lint format bench cov clean install-systemd docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The development venv (.venv) with the test extras; `make test` and `make run` make it.
+venv: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/flumed agent -f flumed/default.toml -n a1 --metrics-port 41414
@@ -20,13 +21,28 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flumed tests
 	$(VENV)/bin/ruff format --check flumed tests
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format flumed tests
 	$(VENV)/bin/ruff check --fix flumed tests
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+# The long-running integration tests (100,000 messages through real brokers with SIGKILLs,
+# the file channel's random-kill soak): run by .ci/run after `make test`.
+slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+# Agents on network namespaces with partitions, loss and restarts (tests/fleet; needs root,
+# iproute2, util-linux logger, and iptables for the lossy-link test; skips without them).
+fleet: $(STAMP)
+	$(PY) -m pytest -q tests/fleet
+
+# Rewrites docs/reference/*.md from the components' key declarations.
+docs: $(STAMP)
+	$(PY) -m flumed.docgen
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
@@ -34,13 +50,28 @@ bench: $(STAMP)
 cov: $(STAMP)
 	$(PY) -m pytest -q --cov=flumed
 
-# Installs the systemd units, /etc/default/flumed and an example config (run as root).
-# FLUMED_BIN is the installed `flumed` command: a system-wide install (pip/pipx into
-# /usr/local or /opt), not a venv under /root or /home, which the units hide
-# (ProtectHome=yes). DESTDIR installs into a staging tree (packaging, tests).
-FLUMED_BIN ?= /usr/local/bin/flumed
+# `make install` (as root): a venv in $(PREFIX) with flumed in it, the systemd units
+# pointing at $(PREFIX)/bin/flumed, /etc/flumed/flumed.toml and /etc/default/flumed (both
+# kept when present). Needs Python 3.11 or newer ($(PYTHON)). DESTDIR installs into a
+# staging tree (packaging, tests); the units always name the final path.
+PREFIX ?= /opt/flumed
+FLUMED_BIN ?= $(PREFIX)/bin/flumed
 DESTDIR ?=
+install:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "flumed needs Python 3.11 or newer; $(PYTHON) is older (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/python -m pip install --quiet --upgrade pip
+	$(DESTDIR)$(PREFIX)/bin/python -m pip install --quiet .
+	$(MAKE) --no-print-directory install-systemd DESTDIR=$(DESTDIR) FLUMED_BIN=$(FLUMED_BIN)
+
+# The units, /etc/default/flumed and an example config only, for a flumed installed
+# elsewhere: FLUMED_BIN must be an executable `flumed` (a system-wide install, not a venv
+# under /root or /home, which the units hide with ProtectHome=yes).
 install-systemd:
+	@[ -x "$(DESTDIR)$(FLUMED_BIN)" ] || [ -x "$(FLUMED_BIN)" ] || \
+		{ echo "FLUMED_BIN=$(FLUMED_BIN) is not an executable flumed: run 'make install'," \
+		"or set FLUMED_BIN to the installed flumed command" >&2; exit 1; }
 	install -d $(DESTDIR)/etc/flumed $(DESTDIR)/etc/default $(DESTDIR)/etc/systemd/system
 	[ -f $(DESTDIR)/etc/flumed/flumed.toml ] || \
 		install -m 0644 conf/single-agent.toml $(DESTDIR)/etc/flumed/flumed.toml

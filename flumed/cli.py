@@ -12,13 +12,16 @@ import signal
 import sys
 from pathlib import Path
 
-from flumed import registry, systemd
+from flumed import __version__, registry, systemd, workers
 from flumed.agent import DEFAULT_GRACE, Agent, ReloadError
 from flumed.config.graph import AgentSpec, agent_names, build_agent
-from flumed.config.loader import load_document
-from flumed.config.properties import parse_properties, properties_to_document, to_toml
+from flumed.config.loader import is_properties, load_config
+from flumed.config.preflight import preflight
+from flumed.config.properties import properties_to_document, to_toml
+from flumed.counters import Counter
 from flumed.errors import ComponentStartError, ConfigError
-from flumed.logs import setup_logging
+from flumed.health import DEFAULT_HEALTH_GRACE, HealthCheck
+from flumed.logs import FORMATS, LEVELS, setup_logging
 from flumed.metrics import MetricsServer
 
 log = logging.getLogger("flumed")
@@ -27,9 +30,26 @@ log = logging.getLogger("flumed")
 DEFAULT_CONF = Path(__file__).with_name("default.toml")
 
 
-def load_spec(path: str, name: str | None) -> AgentSpec:
-    """Raises ConfigError."""
-    return build_agent(load_document(path), name, str(path))
+def load_spec(
+    path: str, name: str | None, sysprops: dict[str, str] | None = None, strict: bool = False
+) -> AgentSpec:
+    """Load, resolve `${...}` and check one agent. A properties file's unknown keys are
+    warnings unless `strict` (TOML's are always errors). Raises ConfigError."""
+    loaded = load_config(path, sysprops)
+    spec = build_agent(loaded.doc, name, str(path), strict=strict or not loaded.properties)
+    # In a worker process: that worker's share (flumed.workers).
+    return workers.this_process(spec)
+
+
+def sysprops(args: argparse.Namespace) -> dict[str, str]:
+    """`-Dname=value` arguments as a dict (`${sys:name}`). Raises ConfigError."""
+    out: dict[str, str] = {}
+    for d in getattr(args, "define", None) or []:
+        name, eq, value = d.partition("=")
+        if not eq or not name:
+            raise ConfigError(f"-D{d}: expected -DNAME=VALUE")
+        out[name] = value
+    return out
 
 
 class AgentProcess:
@@ -45,6 +65,8 @@ class AgentProcess:
 
     def _on_stop_signal(self, signame: str) -> None:
         self._signals += 1
+        if self._signals > 1 and workers.slot() is not None:
+            return  # a worker: its supervisor (and systemd) signal it; they escalate
         if self._signals > 1:
             log.warning("Second %s: stopping at once.", signame)
             os._exit(1)
@@ -54,7 +76,7 @@ class AgentProcess:
     async def run(self) -> int:
         args = self.args
         try:
-            spec = load_spec(args.file, args.name)
+            spec = load_spec(args.file, args.name, sysprops(args))
         except ConfigError as e:
             for p in e.problems:
                 log.error("%s", p)
@@ -70,8 +92,16 @@ class AgentProcess:
             log.error("%s", e)
             return 1
         if args.metrics_port is not None:
+            check = HealthCheck(self.agent, args.health_grace)
             self.metrics = MetricsServer(
-                args.metrics_bind, args.metrics_port, spec.name, self._counters, self._health
+                args.metrics_bind,
+                args.metrics_port,
+                spec.name,
+                self._counters,
+                self._health,
+                check.report,
+                tap=args.tap,
+                tap_remote=args.tap_remote,
             )
             try:
                 await self.metrics.start()
@@ -79,11 +109,8 @@ class AgentProcess:
                 log.error("Metrics endpoint on port %s failed to start: %s", args.metrics_port, e)
                 await self.agent.stop()
                 return 1
-        # Everything built at start-up lives as long as the process: keep it out of
-        # the cyclic collector's generations (DESIGN.md, performance notes).
-        gc.collect()
-        gc.freeze()
-        systemd.notify("READY=1")
+        runtime_started()
+        systemd.notify(workers.ready_message(self.metrics.port if self.metrics else None))
         tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
         interval = systemd.watchdog_interval()
         if interval:
@@ -103,7 +130,7 @@ class AgentProcess:
         await self.agent.stop()
         return 0
 
-    def _counters(self) -> list:
+    def _counters(self) -> list[Counter]:
         return self.agent.counters() if self.agent else []
 
     def _health(self) -> dict[str, str]:
@@ -128,7 +155,7 @@ class AgentProcess:
         assert self.agent is not None
         log.info("Received SIGHUP: reloading %s.", self.args.file)
         try:
-            spec = load_spec(self.args.file, self.agent.name)
+            spec = load_spec(self.args.file, self.agent.name, sysprops(self.args))
         except ConfigError as e:
             log.error("Reload refused; the running configuration stays. Errors:")
             for p in e.problems:
@@ -142,11 +169,23 @@ class AgentProcess:
             log.error("Reload incomplete: %s", e)
 
 
-def _install_loop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
+def prepare_runtime() -> None:
+    """The runtime an agent runs in, set up before its event loop: uvloop's loop policy
+    and the tuned cyclic GC. Used by `flumed agent` and by the benchmarks
+    (tests/bench/_harness.py), so their figures are the daemon's; `runtime_started()`
+    follows once the agent started."""
+    import uvloop  # here: validate and the other commands never run a loop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    tune_gc()
+
+
+def runtime_started() -> None:
+    """Called once an agent started: everything built at start-up lives as long as the
+    process, so keep it out of the cyclic collector's generations (DESIGN.md,
+    performance notes)."""
+    gc.collect()
+    gc.freeze()
 
 
 def tune_gc() -> None:
@@ -157,9 +196,16 @@ def tune_gc() -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
-    _install_loop()
-    tune_gc()
+    try:
+        setup_logging(args.log_level, args.log_format)
+    except ValueError as e:
+        print(f"flumed agent: {e}", file=sys.stderr)
+        return 2
+    count, agent = workers.plan(args, lambda f, n: load_spec(f, n, sysprops(args)))
+    if count > 1:
+        return workers.supervise(args, count, agent)
+    prepare_runtime()
+    workers.setup_worker()
     return asyncio.run(AgentProcess(args).run())
 
 
@@ -176,10 +222,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("flumed validate: -f FILE is required", file=sys.stderr)
         return 2
     try:
-        doc = load_document(args.file)
+        loaded = load_config(args.file, sysprops(args))
     except ConfigError as e:
         print("\n".join(e.problems), file=sys.stderr)
         return 1
+    doc = loaded.doc
+    strict = args.strict or not loaded.properties
     names = [args.name] if args.name else agent_names(doc)
     if not names:
         print(f"{args.file}: no agents defined", file=sys.stderr)
@@ -187,9 +235,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for n in names:
         try:
-            build_agent(doc, n, args.file)
+            spec = build_agent(doc, n, args.file, strict=strict)
         except ConfigError as e:
             problems.extend(e.problems)
+            continue
+        problems.extend(preflight(spec, args.file, check_ports=args.check_ports))
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -203,13 +253,43 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"{args.file}: cannot read: {e.strerror}", file=sys.stderr)
         return 1
-    parse_properties(text)
-    sys.stdout.write(to_toml(properties_to_document(text)))
+    if not is_properties(Path(args.file), text):
+        print(
+            f"{args.file}: looks like TOML already; `flumed convert` reads a Flume "
+            ".properties file (`flumed validate -f` checks a TOML file)",
+            file=sys.stderr,
+        )
+        return 1
+    notes: list[str] = []
+    try:
+        out = to_toml(properties_to_document(text, notes))
+    except ConfigError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 1
+    for n in notes:
+        print(f"{args.file}: {n}", file=sys.stderr)
+    sys.stdout.write(out)
     return 0
 
 
+def _add_define(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-D",
+        dest="define",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a system property for ${sys:NAME} in the configuration (Flume's -D)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flumed", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="flumed",
+        description=__doc__,
+        epilog="Environment: FLUMED_LOG_LEVEL, FLUMED_LOG_FORMAT (defaults for `agent`).",
+    )
+    p.add_argument("--version", action="version", version=f"flumed {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="run one agent")
@@ -223,14 +303,63 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-n", "--name", default=None, help="agent name (optional with one agent)")
     a.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     a.add_argument("--metrics-bind", default="0.0.0.0", help="metrics address (default 0.0.0.0)")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the agent in N processes under one supervisor (default: the agent's "
+        "'workers' key, else 1); see docs/workers.md",
+    )
     a.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="drain seconds on stop")
-    a.add_argument("--log-level", default=os.environ.get("FLUMED_LOG_LEVEL", "INFO"))
+    a.add_argument(
+        "--tap",
+        action="store_true",
+        help="serve GET /tap on the metrics endpoint for `flumed tap` (off by default)",
+    )
+    a.add_argument(
+        "--tap-remote",
+        action="store_true",
+        help="answer /tap to non-loopback clients too (default: loopback only)",
+    )
+    a.add_argument(
+        "--health-grace",
+        type=float,
+        default=DEFAULT_HEALTH_GRACE,
+        help="seconds a sink may fail while its channel holds events before /health "
+        "answers 503 (default %(default)s)",
+    )
+    a.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        default=os.environ.get("FLUMED_LOG_LEVEL", "INFO").upper(),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $FLUMED_LOG_LEVEL or INFO)",
+    )
+    a.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("FLUMED_LOG_FORMAT", "plain"),
+        help="plain: one line an entry; json: one JSON object a line "
+        "(default: $FLUMED_LOG_FORMAT or plain)",
+    )
+    _add_define(a)
     a.set_defaults(func=cmd_agent)
 
     v = sub.add_parser("validate", help="check a configuration without starting it")
     v.add_argument("-f", "--conf-file", dest="file")
     v.add_argument("-n", "--name", default=None)
     v.add_argument("--list-types", action="store_true", help="print the component types")
+    v.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse unknown keys in a .properties file too (TOML always refuses them)",
+    )
+    v.add_argument(
+        "--check-ports",
+        action="store_true",
+        help="also try to bind every listening port (fails when one is taken)",
+    )
+    _add_define(v)
     v.set_defaults(func=cmd_validate)
 
     c = sub.add_parser("convert", help="print a Flume .properties file as TOML")
@@ -241,17 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands that live beside their component (e.g. `send` in flumed.rpc)."""
-    with contextlib.suppress(ImportError):
-        from flumed.rpc.send import add_parser
+    from flumed.rpc.send import add_parser
 
-        add_parser(sub)
+    add_parser(sub)
     from flumed.channels.file_recover import add_parser as add_recover_parser
 
     add_recover_parser(sub)
+    from flumed.tap import add_parser as add_tap_parser
+    from flumed.top import add_parser as add_top_parser
+
+    add_top_parser(sub)
+    add_tap_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as e:
+        print("\n".join(e.problems), file=sys.stderr)
+        return 1

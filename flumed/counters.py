@@ -64,7 +64,7 @@ class Counter:
 
 class SourceCounter(Counter):
     TYPE = "SOURCE"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "EventReceivedCount",
         "EventAcceptedCount",
         "AppendReceivedCount",
@@ -75,6 +75,11 @@ class SourceCounter(Counter):
         "EventReadFail",
         "ChannelWriteFail",
         "GenericProcessingFail",
+        # flumed's own (listening sources): connections refused past maxConnections,
+        # closed by a timeout, and accept() failures (out of file descriptors).
+        "ConnectionRefusedCount",
+        "ConnectionTimedOutCount",
+        "AcceptFailCount",
     )
     EventReceivedCount: int
     EventAcceptedCount: int
@@ -86,11 +91,22 @@ class SourceCounter(Counter):
     EventReadFail: int
     ChannelWriteFail: int
     GenericProcessingFail: int
+    ConnectionRefusedCount: int
+    ConnectionTimedOutCount: int
+    AcceptFailCount: int
+
+
+class UdpSourceCounter(SourceCounter):
+    """Flume's source counters, plus the datagrams dropped while the channel was full
+    (a UDP sender cannot be pushed back)."""
+
+    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
+    EventDroppedCount: int
 
 
 class ChannelCounter(Counter):
     TYPE = "CHANNEL"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "EventPutAttemptCount",
         "EventPutSuccessCount",
         "EventTakeAttemptCount",
@@ -117,7 +133,7 @@ class ChannelCounter(Counter):
 
 class SinkCounter(Counter):
     TYPE = "SINK"
-    NAMES = (
+    NAMES: ClassVar[tuple[str, ...]] = (
         "ConnectionCreatedCount",
         "ConnectionClosedCount",
         "ConnectionFailedCount",

@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from flumed.counters import Counter
+
 log = logging.getLogger("flumed.lifecycle")
 
 
@@ -44,8 +46,10 @@ class Component:
 
     #: The dataclass of this component's keys (see flumed.config.keys).
     Config: ClassVar[type]
-    #: One line for `flumed validate --list-types`.
-    description: ClassVar[str] = ""
+    # The one-line description is the type's registry row (flumed/registry.py).
+    #: Flume's counters of this component, built by its kind's base (Source, Channel,
+    #: Sink) from the kind's `counter_class`; started and stopped here.
+    counter: Counter
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
@@ -60,14 +64,32 @@ class Component:
         if self.stop_deadline is None:
             return default
         return max(0.0, self.stop_deadline - time.monotonic())
+        self._problems: dict[str, tuple[str, float]] = {}
+
+    def report_problem(self, what: str, key: str = "") -> None:
+        """Called by the component while something keeps it from working (an unreadable
+        input, positions that cannot be saved ...); `/health` shows it until cleared.
+        Cheap enough to call on every failed attempt: the first report's time is kept."""
+        old = self._problems.get(key)
+        self._problems[key] = (what, old[1] if old else time.time())
+
+    def clear_problem(self, key: str = "") -> None:
+        """Called by the component once the problem reported under `key` is gone."""
+        self._problems.pop(key, None)
+
+    def problems(self) -> list[tuple[str, float]]:
+        """What keeps this component from working now: (what, since as Unix time)."""
+        return list(self._problems.values())
 
     async def start(self) -> None:
         """Called by the agent. Raises on failure (bind error, unreadable file ...)."""
         self.state = LifecycleState.RUNNING
+        self.counter.start()
 
     async def stop(self) -> None:
         """Called by the agent. Idempotent."""
         self.state = LifecycleState.STOPPED
+        self.counter.stop()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.state.value})"
@@ -100,17 +122,21 @@ async def stop_task(
 
 class Backoff:
     """Capped linear backoff, as Flume's runners: the n-th consecutive failure waits
-    min(n * increment, maximum) seconds. `reset()` after a success.
+    min(n * increment, maximum) seconds. `reset()` after a success. With `exponential`,
+    as Flume's sink processors set a failed sink aside: min(2^n * increment, maximum).
 
     `wait(stopping)` sleeps that long unless `stopping` is set first (an Event, so a stop
     never waits out a backoff).
     """
 
-    __slots__ = ("consecutive", "increment", "maximum")
+    __slots__ = ("consecutive", "exponential", "increment", "maximum")
 
-    def __init__(self, increment: float = 1.0, maximum: float = 5.0) -> None:
+    def __init__(
+        self, increment: float = 1.0, maximum: float = 5.0, *, exponential: bool = False
+    ) -> None:
         self.increment = increment
         self.maximum = maximum
+        self.exponential = exponential
         self.consecutive = 0
 
     def reset(self) -> None:
@@ -119,6 +145,8 @@ class Backoff:
     def next_delay(self) -> float:
         """Count one failure and return how long to wait."""
         self.consecutive += 1
+        if self.exponential:
+            return min((1 << min(self.consecutive, 30)) * self.increment, self.maximum)
         return min(self.consecutive * self.increment, self.maximum)
 
     def saturate(self) -> float:

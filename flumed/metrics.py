@@ -2,11 +2,16 @@
 
 `GET /metrics` answers Flume's JSON (HTTPMetricsServer shape: every value a string),
 `GET /metrics/prometheus` the same counters in Prometheus text format, and
-`GET /health` 200 when every component runs, 503 otherwise.
+`GET /health` 200 when every component runs and nothing is stuck, else 503 with the
+problems (flumed.health); `GET /health/live` 200 while the event loop answers.
+Against hostile clients (flumed.http_server): at most MAX_CONNECTIONS connections,
+request headers within 10 s of their first byte, idle connections closed after 60 s,
+accept failures (out of file descriptors) logged and retried.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -14,8 +19,16 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 
 from flumed.counters import Counter
+from flumed.health import Problem
+from flumed.http_server import GuardedEndpoint, guard_middleware
+from flumed.lifecycle import LifecycleState
+from flumed.tap import HUB, MAX_LIMIT, TapSubscriber, parse_match, serve_until_done
 
 log = logging.getLogger("flumed.metrics")
+
+#: Most connections to the endpoint at once; its header and idle timeouts are
+#: flumed.http_server's defaults (10 s, 60 s).
+MAX_CONNECTIONS = 100
 
 
 def flume_json(counters: Iterable[Counter]) -> dict[str, dict[str, str]]:
@@ -121,31 +134,45 @@ class MetricsServer:
         agent: str,
         counters: Callable[[], list[Counter]],
         health: Callable[[], dict[str, str]],
+        problems: Callable[[], list[Problem]] = list,
+        *,
+        tap: bool = False,
+        tap_remote: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.agent = agent
         self._counters = counters
         self._health = health
+        self._problems = problems
+        self.tap = tap
+        self.tap_remote = tap_remote
         self._runner: web.AppRunner | None = None
+        # aiohttp alone has no header timeout and no connection cap (issue 9.4).
+        self._guard = GuardedEndpoint("Metrics endpoint", max_connections=MAX_CONNECTIONS)
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[guard_middleware(self._guard)])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/metrics/prometheus", self._prometheus)
         app.router.add_get("/health", self._healthz)
+        app.router.add_get("/health/live", self._live)
+        if self.tap:
+            app.router.add_get("/tap", self._tap)
         app.router.add_get("/", self._index)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        assert self._runner.server is not None
+        try:
+            self.port = await self._guard.start(self._runner.server, self.host, self.port)
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         log.info("Metrics served on http://%s:%d/metrics.", self.host, self.port)
 
     async def stop(self) -> None:
+        await self._guard.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -168,9 +195,59 @@ class MetricsServer:
         )
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """Readiness: 200 when every component runs and nothing is stuck; else 503 with
+        the problems (component, what, since)."""
         states = self._health()
-        ok = all(s == "RUNNING" for s in states.values())
+        problems = [p.as_json() for p in self._problems()]
+        ok = not problems and all(s == LifecycleState.RUNNING.value for s in states.values())
         return web.json_response(
-            {"status": "UP" if ok else "DOWN", "components": states},
+            {"status": "UP" if ok else "DOWN", "problems": problems, "components": states},
             status=200 if ok else 503,
         )
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """Liveness: answered while the event loop answers (a hung loop answers nothing)."""
+        return web.json_response({"status": "UP"})
+
+    async def _tap(self, request: web.Request) -> web.StreamResponse:
+        """`flumed tap`'s endpoint (only with --tap): JSON lines of sampled events."""
+        if not self.tap_remote and not _loopback(request.remote):
+            return web.json_response(
+                {"error": "tap is served to loopback clients only (see --tap-remote)"},
+                status=403,
+            )
+        q = request.query
+        component = q.get("component", "")
+        names = {c.name for c in self._counters() if c.TYPE in ("CHANNEL", "SINK")}
+        if component not in names:
+            return web.json_response(
+                {"error": f"no channel or sink named {component!r}", "known": sorted(names)},
+                status=404,
+            )
+        try:
+            limit = int(q.get("limit", "10"))
+            timeout = float(q.get("timeout", "60"))
+            match = parse_match(q.getall("header", []))
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        if not 1 <= limit <= MAX_LIMIT or not 0 < timeout <= 600:
+            return web.json_response(
+                {"error": f"limit must be 1..{MAX_LIMIT} and timeout 0..600 seconds"}, status=400
+            )
+        sub = TapSubscriber(component, limit, match)
+        HUB.subscribe(sub)
+        try:
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await resp.prepare(request)
+            await serve_until_done(sub, resp.write, timeout)
+            await resp.write_eof()
+        finally:
+            HUB.unsubscribe(sub)
+        return resp
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

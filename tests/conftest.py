@@ -1,11 +1,15 @@
+"""Fixtures for every test; the helpers behind them live in tests/support/."""
+
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from tests.support.pki import Pki, make_pki
+from tests.support.tmpfs import MakeTmpfs, mounted_tmpfs
 from tests.util import AgentProcess
 
 
@@ -30,25 +34,22 @@ def agent_factory(tmp_path: Path) -> Iterator:
         p.close()
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and a certificate for 127.0.0.1/localhost as PEM files (tests/support/pki.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-def make_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """`make_tmpfs("16m")` mounts a small tmpfs (a disk that really fills up) and returns
-    its path; skips when this process may not mount one (root in a permissive container).
-    Everything mounted is unmounted at the end."""
-    mounted: list[Path] = []
+def make_tmpfs(tmp_path: Path) -> Iterator[MakeTmpfs]:
+    """`make_tmpfs("16m")`: a tmpfs of that size, unmounted after the test; the test is
+    skipped where this process may not mount one."""
+    with ExitStack() as stack:
+        n = 0
 
-    def make(size: str) -> Path:
-        mnt = tmp_path / f"tmpfs{len(mounted)}"
-        mnt.mkdir()
-        r = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-            capture_output=True,
-        )
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-        mounted.append(mnt)
-        return mnt
+        def make(size: str) -> Path:
+            nonlocal n
+            n += 1
+            return stack.enter_context(mounted_tmpfs(tmp_path / f"tmpfs{n}", size))
 
-    yield make
-    for mnt in mounted:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        yield make

@@ -14,7 +14,6 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -62,8 +61,12 @@ class AgentProcess:
         metrics: bool = True,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
+        """`wrap` is a command prefix, e.g. `["ip", "netns", "exec", NS]` (which execs, so
+        the process signalled is the agent itself)."""
         self.conf = conf
+        self.wrap = wrap or []
         self.name = name
         self.metrics_port = free_port() if metrics else None
         self.extra_args = extra_args or []
@@ -80,7 +83,7 @@ class AgentProcess:
             self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._notify.bind(self.notify_path)
         self.notifications.clear()
-        args = [sys.executable, "-m", "flumed", "agent", "-f", str(self.conf)]
+        args = [*self.wrap, sys.executable, "-m", "flumed", "agent", "-f", str(self.conf)]
         if self.name:
             args += ["-n", self.name]
         if self.metrics_port:
@@ -154,15 +157,6 @@ class AgentProcess:
             self._notify = None
         if hasattr(self, "_stderr"):
             self._stderr.close()
-
-
-def write_conf(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def metrics_value(m: dict[str, Any], comp: str, key: str) -> int:
-    return int(float(m[comp][key]))
 
 
 class AckingSender:

@@ -23,7 +23,7 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError, ChannelFullError
@@ -167,10 +167,12 @@ class Channel(Component):
     """
 
     counter: ChannelCounter
+    #: The counter class built for this channel (a subclass may add names).
+    counter_class: ClassVar[type[ChannelCounter]] = ChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = ChannelCounter(name, lambda: self.size, lambda: self.capacity)
+        self.counter = self.counter_class(name, lambda: self.size, lambda: self.capacity)
 
     def transaction(self) -> Transaction:
         raise NotImplementedError
@@ -197,11 +199,3 @@ class Channel(Component):
     def transaction_capacity(self) -> int:
         """Most events in one transaction (the `transactionCapacity` key, by default)."""
         return int(self.config.transactionCapacity)
-
-    async def start(self) -> None:
-        await super().start()
-        self.counter.start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.counter.stop()

@@ -42,6 +42,14 @@ from typing import Any
 import aiosqlite
 
 from flumed.channels.base import Channel, Transaction
+from flumed.channels.file_crypto import (
+    EncryptionConfig,
+    EncryptionConfigError,
+    KeyRing,
+    MissingKeyError,
+    blob_key,
+    is_encrypted,
+)
 from flumed.channels.memory import MemoryChannel
 from flumed.channels.waiters import Waiters
 from flumed.config.keys import ignored, key, prefix
@@ -140,7 +148,11 @@ class FileChannelConfig:
         doc="flumed only: bytes of recent batches kept decoded in memory, to take them "
         "without reading the disk.",
     )
-    encryption: dict[str, Any] = prefix("encryption", doc="Refused: not supported.")
+    encryption: dict[str, Any] = prefix(
+        "encryption",
+        doc="Flume's encryption.* keys: batches encrypted at rest with AES-GCM "
+        "(docs/file-channel.md).",
+    )
 
     IGNORED = ignored(
         "useDualCheckpoints",
@@ -170,29 +182,25 @@ class FileChannelConfig:
                 f"transactionCapacity ({self.transactionCapacity}) must not exceed "
                 f"capacity ({self.capacity})"
             )
-        if self.encryption:
-            problems.append(
-                "encryption.* is not supported by flumed's file channel, and the events "
-                "would be stored unencrypted; remove the encryption keys (use an encrypted "
-                "file system for the data directory instead)"
-            )
+        problems += EncryptionConfig.from_prefix(self.encryption)[1]
+        return problems
+
+    def notes(self) -> list[str]:
+        """Warnings about keys Flume uses and flumed does not (logged by the config parser)."""
+        out = []
         dirs = _split_dirs(self.dataDirs)
         cp = self.checkpointDir.strip()
         if dirs and cp and Path(cp) != Path(dirs[0]):
-            log.warning(
-                "File channel: checkpointDir %s is not used; the database and its write-ahead "
-                "log (which is the checkpoint) live in dataDirs, %s.",
-                cp,
-                dirs[0],
+            out.append(
+                f"key 'checkpointDir': {cp} is not used; the database and its write-ahead "
+                f"log (which is the checkpoint) live in dataDirs, {dirs[0]}"
             )
         if len(dirs) > 1:
-            log.warning(
-                "File channel: dataDirs lists %d directories; flumed keeps one database per "
-                "channel and uses only the first, %s.",
-                len(dirs),
-                dirs[0],
+            out.append(
+                f"key 'dataDirs': lists {len(dirs)} directories; flumed keeps one database "
+                f"per channel and uses only the first, {dirs[0]}"
             )
-        return problems
+        return out
 
 
 def _split_dirs(value: str) -> list[str]:
@@ -522,6 +530,7 @@ class FileTransaction(Transaction):
             op = _Op(asyncio.get_running_loop().create_future(), n, rows=[ch._new_row(self._put)])
             self._op = op
             ch._submit(op)
+            assert op.fut is not None
             await asyncio.shield(op.fut)
             self._put = []
             ch.counter.EventPutSuccessCount += n
@@ -529,6 +538,7 @@ class FileTransaction(Transaction):
             op = _Op(asyncio.get_running_loop().create_future(), self._ntaken, pieces=self._pieces)
             self._op = op
             ch._submit(op)
+            assert op.fut is not None
             await asyncio.shield(op.fut)
             self._pieces = []
             ch.counter.EventTakeSuccessCount += self._ntaken
@@ -556,13 +566,12 @@ class FileChannel(Channel):
     """
 
     Config = FileChannelConfig
-    description = "Durable channel in a SQLite database (WAL); survives crashes."
     config: FileChannelConfig
     counter: FileChannelCounter
+    counter_class = FileChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = FileChannelCounter(name, lambda: self.size, lambda: self.capacity)
         self.directory = resolve_dir(config, name)
         self.path = db_path(self.directory, name)
         self._queue: deque[Piece] = deque()
@@ -594,6 +603,8 @@ class FileChannel(Channel):
         self._takes_blocked = False
         self._probe: asyncio.Task[None] | None = None
         self._probe_stop = asyncio.Event()
+        self._encryption = EncryptionConfig.from_prefix(config.encryption)[0]
+        self._ring: KeyRing | None = None
 
     # -- Channel API -------------------------------------------------------------------
     def transaction(self) -> FileTransaction:
@@ -633,6 +644,11 @@ class FileChannel(Channel):
         self._closing = False
         self._takes_blocked = False
         self._probe_stop.clear()
+        if self._encryption is not None:
+            try:
+                self._ring = await asyncio.to_thread(self._encryption.load)
+            except EncryptionConfigError as e:
+                raise ChannelError(f"Channel {self.name}: encryption: {e}") from None
         lock = DirLock(self.directory)
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
         lock.acquire(f"channel {self.name}")
@@ -641,6 +657,7 @@ class FileChannel(Channel):
             self._db = await aiosqlite.connect(self.path)
             await self._open_schema()
             nrows = await self._load_index()
+            await self._check_stored_keys()
             self._reader = await aiosqlite.connect(self.path)
             await self._reader.execute("PRAGMA query_only = 1")
         except BaseException:
@@ -712,6 +729,7 @@ class FileChannel(Channel):
             op = _Op(asyncio.get_running_loop().create_future(), len(chunk))
             op.rows = [self._new_row(chunk)]
             self._submit(op)
+            assert op.fut is not None
             await op.fut
         log.info("Channel %s: took over %d events from its predecessor.", self.name, len(events))
 
@@ -721,8 +739,8 @@ class FileChannel(Channel):
         path = self.path
         hint = recover_hint(self.directory, self.name)
         try:
-            app_id = (await db.execute_fetchall("PRAGMA application_id"))[0][0]
-            version = (await db.execute_fetchall("PRAGMA user_version"))[0][0]
+            app_id = next(iter(await db.execute_fetchall("PRAGMA application_id")))[0]
+            version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
             tables = {
                 r[0]
                 for r in await db.execute_fetchall(
@@ -775,7 +793,7 @@ class FileChannel(Channel):
     async def _set_pragmas(self) -> None:
         db = self._db
         assert db is not None
-        mode = (await db.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
+        mode = next(iter(await db.execute_fetchall("PRAGMA journal_mode = WAL")))[0]
         if str(mode).lower() != "wal":
             raise ChannelError(f"{self.path}: cannot use WAL mode (got {mode}).")
         sync = "FULL" if self.config.fsyncPerTransaction else "NORMAL"
@@ -790,9 +808,11 @@ class FileChannel(Channel):
         db = self._db
         assert db is not None
         try:
-            rows = await db.execute_fetchall(
-                "SELECT b.id, b.count, length(b.data), coalesce(o.first, 0) "
-                "FROM batches b LEFT JOIN offsets o ON o.id = b.id ORDER BY b.id"
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT b.id, b.count, length(b.data), coalesce(o.first, 0) "
+                    "FROM batches b LEFT JOIN offsets o ON o.id = b.id ORDER BY b.id"
+                )
             )
         except sqlite3.DatabaseError as e:
             raise DamagedDatabaseError(
@@ -819,6 +839,38 @@ class FileChannel(Channel):
         self._live_bytes = live
         self._next_id = last + 1
         return len(rows)
+
+    async def _check_stored_keys(self) -> None:
+        """Refuse to start when the oldest or newest batch cannot be read with the keys
+        configured (a key left out of the ring, the wrong key store, encryption turned
+        off over encrypted data), rather than fail on the first take."""
+        db = self._db
+        assert db is not None
+        rows = await db.execute_fetchall(
+            "SELECT data FROM batches WHERE id IN "
+            "((SELECT min(id) FROM batches), (SELECT max(id) FROM batches))"
+        )
+        plain = False
+        for (data,) in rows:
+            if not is_encrypted(data):
+                plain = True
+                continue
+            if self._ring is None:
+                raise ChannelError(
+                    f"Channel {self.name}: {self.path} holds encrypted batches (key "
+                    f"{blob_key(data)!r}) but no encryption.* keys are configured"
+                )
+            try:
+                self._ring.decrypt(data)
+            except (MissingKeyError, ValueError) as e:
+                raise ChannelError(f"Channel {self.name}: {self.path}: {e}") from None
+        if plain and self._ring is not None:
+            log.warning(
+                "Channel %s: %s holds batches written before encryption was configured; "
+                "they are read as they are, new batches are encrypted.",
+                self.name,
+                self.path,
+            )
 
     # -- puts --------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -877,6 +929,8 @@ class FileChannel(Channel):
 
     def _new_row(self, events: list[Event]) -> _Row:
         data = encode_batch(events)
+        if self._ring is not None:
+            data = self._ring.encrypt(data)
         row = _Row(self._next_id, len(events), len(data))
         self._next_id += 1
         row.data = data
@@ -970,6 +1024,8 @@ class FileChannel(Channel):
                 bad.append((r, "checksum mismatch"))
                 continue
             try:
+                if is_encrypted(data):
+                    data = self._decrypt(data)
                 events = decode_batch(data)
             except ValueError as e:
                 bad.append((r, str(e)))
@@ -981,6 +1037,20 @@ class FileChannel(Channel):
             self._cached_bytes += r.size
         if bad:
             self._quarantine(bad)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """A stored batch in clear. A key not configured is the operator's to fix, not
+        damage: ChannelError (the take fails, the row stays). Raises ValueError when
+        the batch does not authenticate (damaged)."""
+        if self._ring is None:
+            raise ChannelError(
+                f"Channel {self.name}: a batch is encrypted (key {blob_key(data)!r}) but no "
+                "encryption.* keys are configured"
+            )
+        try:
+            return self._ring.decrypt(data)
+        except MissingKeyError as e:
+            raise ChannelError(f"Channel {self.name}: {e}") from None
 
     def _quarantine(self, bad: list[tuple[_Row, str]]) -> None:
         """Set unreadable rows aside (table `damaged`), loudly: their events are lost."""
@@ -1221,7 +1291,7 @@ class FileChannel(Channel):
         assert db is not None
         self._freed = 0
         try:
-            free = (await db.execute_fetchall("PRAGMA freelist_count"))[0][0]
+            free = next(iter(await db.execute_fetchall("PRAGMA freelist_count")))[0]
             keep = (VACUUM_KEEP_BYTES + self._live_bytes // 2) // PAGE_SIZE
             if free <= 2 * keep:
                 return

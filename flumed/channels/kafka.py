@@ -36,26 +36,31 @@ from aiokafka import (
 from aiokafka.errors import KafkaError
 
 from flumed.channels.base import Channel, Transaction
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, prefix, renamed
 from flumed.errors import ChannelError
 from flumed.event import Event
-from flumed.kafka_common import (
-    DEFAULT_BATCH_BYTES,
-    LEGAL_TOPIC,
+from flumed.kafka.codec import encode_flume_event
+from flumed.kafka.counters import KafkaChannelCounter, elapsed_ms
+from flumed.kafka.options import (
     ClientOptions,
-    KafkaChannelCounter,
-    Partitioner,
-    Record,
     client_options,
-    decode_flume_event,
-    describe,
-    elapsed_ms,
-    encode_flume_event,
-    getmany,
-    log_options,
-    produce,
-    servers_problems,
+    client_problems,
     split_servers,
+)
+from flumed.kafka.produce import (
+    LEGAL_TOPIC,
+    Publisher,
+    PublishError,
+    Record,
+    header_partition,
+    producer_kwargs,
+)
+from flumed.kafka.records import (
+    CommitError,
+    commit_offsets,
+    decode_record,
+    getmany,
+    partitions_text,
 )
 from flumed.logs import RateLimitedLog
 
@@ -79,7 +84,18 @@ class KafkaChannelConfig:
     producer: dict[str, Any] = prefix("kafka.producer", doc="Kafka producer keys.")
     consumer: dict[str, Any] = prefix("kafka.consumer", doc="Kafka consumer keys.")
 
-    IGNORED = ignored("migrateZookeeperOffsets", "zookeeperConnect", "readSmallestOffset")
+    RENAMED = renamed(
+        {
+            "brokerList": "kafka.bootstrap.servers",
+            "topic": "kafka.topic",
+            "groupId": "kafka.consumer.group.id",
+        }
+    )
+    IGNORED = {
+        **ignored("migrateZookeeperOffsets", "readSmallestOffset"),
+        "zookeeperConnect": "is deprecated; flumed does not look the brokers up in ZooKeeper "
+        "(set 'kafka.bootstrap.servers')",
+    }
 
     def options(self) -> tuple[ClientOptions, ClientOptions]:
         return (
@@ -88,11 +104,7 @@ class KafkaChannelConfig:
         )
 
     def check(self) -> list[str]:
-        problems = servers_problems(self.bootstrap_servers)
-        opts = self.options()
-        for o in opts:
-            problems += o.problems
-        log_options(opts)
+        problems = client_problems(self.bootstrap_servers, *self.options())
         if not LEGAL_TOPIC.match(self.topic):
             problems.append(f"key 'kafka.topic': {self.topic!r} is not a legal Kafka topic name")
         if not self.group_id:
@@ -195,14 +207,14 @@ class _Listener(ConsumerRebalanceListener):
         for tp in revoked:
             self.channel._position.pop(tp, None)
         if revoked:
-            log.info("Channel %s: partitions revoked: %s.", self.channel.name, _tps(revoked))
+            log.info(
+                "Channel %s: partitions revoked: %s.", self.channel.name, partitions_text(revoked)
+            )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("Channel %s: partitions assigned: %s.", self.channel.name, _tps(assigned))
-
-
-def _tps(tps: set[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
+        log.info(
+            "Channel %s: partitions assigned: %s.", self.channel.name, partitions_text(assigned)
+        )
 
 
 class KafkaChannel(Channel):
@@ -213,13 +225,12 @@ class KafkaChannel(Channel):
     """
 
     Config = KafkaChannelConfig
-    description = "Kafka topic as a durable, shared channel."
     config: KafkaChannelConfig
     counter: KafkaChannelCounter
+    counter_class = KafkaChannelCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = KafkaChannelCounter(name, lambda: self.size, lambda: self.capacity)
         self._popts, self._copts = config.options()
         self._pkwargs: dict[str, Any] = {}
         self._ckwargs: dict[str, Any] = {}
@@ -230,12 +241,8 @@ class KafkaChannel(Channel):
         self._no_held_take = asyncio.Event()  # set while no take transaction holds records
         self._no_held_take.set()
         self._position: dict[TopicPartition, int] = {}
-        self._partitioner = Partitioner()
+        self._publisher = Publisher(self._popts)
         self._warn = RateLimitedLog(log, interval=1.0)
-        self._max_request = int(self._popts.kwargs.get("max_request_size", 1048576))
-        self._batch_size = int(self._popts.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
-        ptimeout = int(self._popts.kwargs.get("request_timeout_ms", 40000)) / 1000
-        self._send_deadline = 2 * ptimeout + 5
         self._commit_timeout = int(self._copts.kwargs.get("request_timeout_ms", 40000)) / 1000 + 5
 
     # -- Channel API -----------------------------------------------------------------------
@@ -267,9 +274,7 @@ class KafkaChannel(Channel):
     async def start(self) -> None:
         """Reads the TLS files (a bad one fails the start); connects on first use."""
         servers = split_servers(self.config.bootstrap_servers)
-        p_defaults = {"acks": "all", "max_batch_size": DEFAULT_BATCH_BYTES}
-        self._pkwargs = {**p_defaults, **self._popts.build(), "bootstrap_servers": servers}
-        self._pkwargs.setdefault("client_id", f"flumed-{self.name}-producer")
+        self._pkwargs = producer_kwargs(self._popts, servers, f"flumed-{self.name}-producer")
         self._ckwargs = {"auto_offset_reset": "earliest", **self._copts.build()}
         self._ckwargs.update(
             bootstrap_servers=servers, group_id=self.config.group_id, enable_auto_commit=False
@@ -337,23 +342,14 @@ class KafkaChannel(Channel):
         if not events:
             return
         producer = await self._producer_ready()
-        t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self._send_deadline):
-                await produce(
-                    producer,
-                    self._records(events),
-                    self._partitioner,
-                    self._max_request,
-                    self._batch_size,
-                    self._bad_record,
-                )
-        except (KafkaError, OSError, TimeoutError) as e:
+            ms = await self._publisher.publish(producer, self._records(events), self._bad_record)
+        except PublishError as e:
             raise ChannelError(
                 f"Channel {self.name}: Kafka did not acknowledge {len(events)} events "
-                f"({describe(e)}); the put is rolled back"
+                f"({e}); the put is rolled back"
             ) from e
-        self.counter.KafkaEventSendTimer += elapsed_ms(t0)
+        self.counter.KafkaEventSendTimer += ms
         self.counter.EventPutSuccessCount += len(events)
 
     def _bad_record(self, what: str, dropped: bool) -> None:
@@ -371,15 +367,7 @@ class KafkaChannel(Channel):
             h = e.headers
             partition = static_pid
             if pid_header is not None:
-                v = h.get(pid_header)
-                if v is not None:
-                    try:
-                        partition = int(v)
-                        if partition < 0:
-                            raise ValueError
-                    except ValueError:
-                        partition = static_pid
-                        self._bad_record(f"header {pid_header}={v!r} is not a partition", False)
+                partition = header_partition(h, pid_header, static_pid, self._bad_record)
             k = h.get("key")
             value = encode_flume_event(e) if avro else e.body
             yield (topic, partition, None if k is None else k.encode(), value, None, None)
@@ -390,27 +378,16 @@ class KafkaChannel(Channel):
         logged and skipped (their offsets are committed with the take)."""
         avro = self.config.parseAsFlumeEvent
         for r in records:
-            value = r.value if r.value is not None else b""
-            if avro:
-                try:
-                    ev = decode_flume_event(value)
-                except ValueError as e:
-                    self.counter.EventTakeErrorCount += 1
-                    self._warn.log(
-                        logging.WARNING,
-                        "Channel %s: record %s-%d@%d skipped: %s (is parseAsFlumeEvent right?)",
-                        self.name,
-                        r.topic,
-                        r.partition,
-                        r.offset,
-                        e,
-                    )
-                    continue
-            else:
-                ev = Event(value, {})
+            ev = decode_record(r, avro, self._unreadable)
+            if ev is None:
+                continue
             if r.key is not None:
                 ev.headers["key"] = r.key.decode("utf-8", "replace")
             out.append(ev)
+
+    def _unreadable(self, record: Any, why: str) -> None:
+        self.counter.EventTakeErrorCount += 1
+        self._warn.warn("Channel %s: %s (is parseAsFlumeEvent right?)", self.name, why)
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit a take's offsets. A failure only means its records may be read again
@@ -419,20 +396,13 @@ class KafkaChannel(Channel):
         consumer = self._consumer
         if consumer is None or not offsets:
             return
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not offsets:
-            return
-        t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self._commit_timeout):
-                await consumer.commit(offsets)
-        except (KafkaError, OSError, TimeoutError) as e:
-            self._warn.log(
-                logging.WARNING,
+            self.counter.KafkaCommitTimer += await commit_offsets(
+                consumer, offsets, self._commit_timeout
+            )
+        except CommitError as e:
+            self._warn.warn(
                 "Channel %s: committing offsets failed (%s); those events may be taken again.",
                 self.name,
-                describe(e),
+                e,
             )
-            return
-        self.counter.KafkaCommitTimer += elapsed_ms(t0)

@@ -20,7 +20,9 @@ class MemoryChannelConfig:
     byteCapacity: int = key(
         0, ge=0, doc="Most body bytes held; 0 means no byte limit (Flume: 80% of the heap)."
     )
-    byteCapacityBufferPercentage: int = key(20, ge=0, le=99)
+    byteCapacityBufferPercentage: int = key(
+        20, ge=0, le=99, doc="Percent of byteCapacity kept for headers (as Flume)."
+    )
     keep_alive: float = key(3.0, name="keep-alive", ge=0, doc="Seconds a put waits for room.")
 
     def check(self) -> list[str]:
@@ -112,7 +114,6 @@ class MemoryChannel(Channel):
     """
 
     Config = MemoryChannelConfig
-    description = "In-memory bounded queue; fast, not durable."
     config: MemoryChannelConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -7,13 +7,14 @@ lists every problem found, each naming the file, the agent, the component and th
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from flumed import registry
-from flumed.config.keys import flatten, group_named, parse
+from flumed.config.keys import config_claims, flatten, group_named, parse, unknown_key
 from flumed.errors import ConfigError
 from flumed.routing.selectors import SelectorConfig
 
@@ -26,7 +27,7 @@ class ComponentSpec:
 
     name: str
     type: str
-    cls: type
+    cls: builtins.type[Any]
     config: Any
     raw: tuple[tuple[str, Any], ...]
 
@@ -66,13 +67,17 @@ class AgentSpec:
     channels: dict[str, ComponentSpec]
     sinks: dict[str, SinkSpec]
     sinkgroups: dict[str, SinkGroupSpec]
+    #: Agent-level `workers`: processes running this graph (flumed.workers).
+    workers: int = 1
 
 
 def _freeze(flat: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in flat.items())
 
 
-def _section(agent: Mapping[str, Any], name: str, problems: list[str], where: str) -> dict:
+def _section(
+    agent: Mapping[str, Any], name: str, problems: list[str], where: str
+) -> dict[str, Any]:
     sec = agent.get(name, {})
     if isinstance(sec, str):  # `a1.sinks = k1 k2` listed with no keys at all
         return {n: {} for n in sec.split()}
@@ -82,9 +87,19 @@ def _section(agent: Mapping[str, Any], name: str, problems: list[str], where: st
     return dict(sec)
 
 
-def _names(v: Any) -> list[str]:
+def _names(v: Any, where: str = "", key: str = "") -> list[str]:
     if isinstance(v, str):
-        return v.split()
+        if "," in v:
+            log.warning(
+                "%s: key '%s' = %r: Flume splits names on whitespace only, so it would look "
+                "for a name %r (comma included) and not find it; flumed reads the commas "
+                "as separators.",
+                where,
+                key,
+                v,
+                v.split()[0],
+            )
+        return v.replace(",", " ").split()
     if isinstance(v, list):
         return [str(x) for x in v]
     return []
@@ -96,7 +111,13 @@ def agent_names(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _component(
-    kind: str, name: str, section: Any, where: str, problems: list[str], drop: tuple[str, ...]
+    kind: str,
+    name: str,
+    section: Any,
+    where: str,
+    problems: list[str],
+    drop: tuple[str, ...],
+    strict: bool = True,
 ) -> tuple[ComponentSpec | None, dict[str, Any]]:
     """Resolve and parse one component; returns its spec and its full flat keys."""
     cwhere = f"{where}: {kind[:-1]} {name}"
@@ -119,7 +140,7 @@ def _component(
         if k != "type" and not any(k == d or k.startswith(d + ".") for d in drop)
     }
     try:
-        config = parse(cls.Config, own, cwhere)
+        config = parse(cls.Config, own, cwhere, strict=strict)
     except ConfigError as e:
         problems.extend(e.problems)
         return None, flat
@@ -145,14 +166,17 @@ def _base(kind: str) -> type:
     return bases[kind]
 
 
-def strip_prefix(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The keys of `flat` under `prefix.`, without it: ("selector.type" → "type")."""
-    cut = prefix + "."
-    return {k[len(cut) :]: v for k, v in flat.items() if k.startswith(cut)}
+def build_agent(
+    doc: Mapping[str, Any], agent: str | None, where: str, *, strict: bool = True
+) -> AgentSpec:
+    """Check and build one agent of a document.
 
+    `strict = False` (a Flume properties file, without `validate --strict`) makes an
+    unknown key a warning, as Flume ignores it; otherwise it is an error.
 
-def _pick_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> str:
-    """The agent to build: `agent`, or the file's only one. Raises ConfigError."""
+    Raises:
+        ConfigError: every problem found.
+    """
     names = agent_names(doc)
     if agent is None:
         if len(names) != 1:
@@ -165,67 +189,76 @@ def _pick_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> str:
         raise ConfigError(
             f"{where}: no agent named {agent!r} (agents in the file: {', '.join(names) or 'none'})"
         )
-    return agent
-
-
-def build_agent(doc: Mapping[str, Any], agent: str | None, where: str) -> AgentSpec:
-    """Check and build one agent of a document.
-
-    Raises:
-        ConfigError: every problem found.
-    """
-    agent = _pick_agent(doc, agent, where)
     a = doc["agents"][agent]
     where = f"{where}: agent {agent}"
     problems: list[str] = []
     if not isinstance(a, Mapping):
         raise ConfigError(f"{where}: must be a table")
+    sections = ("sources", "channels", "sinks", "sinkgroups", "configfilters", "workers")
     for k in a:
-        if k not in ("sources", "channels", "sinks", "sinkgroups"):
-            problems.append(f"{where}: unknown key '{k}'")
-    channels = _build_channels(a, where, problems)
-    declared_channels = set(_section(a, "channels", [], where))
-    sources = _build_sources(a, where, problems, declared_channels)
-    sinks = _build_sinks(a, where, problems, declared_channels)
-    groups = _build_sinkgroups(a, where, problems, set(_section(a, "sinks", [], where)))
-    _check_resources(sources, where, problems, channels)
-    if problems:
-        raise ConfigError(problems)
-    used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
-    for c in channels:
-        if c not in used:
-            log.warning("%s: channel %s is connected to nothing.", where, c)
-    return AgentSpec(agent, sources, channels, sinks, groups)
+        if k not in sections:
+            err = unknown_key(where, k, sections, strict)
+            if err is not None:
+                problems.append(err)
+    workers = _workers(a.get("workers", 1), where, problems)
 
-
-def _build_channels(
-    a: Mapping[str, Any], where: str, problems: list[str]
-) -> dict[str, ComponentSpec]:
     channels: dict[str, ComponentSpec] = {}
     for name, sec in _section(a, "channels", problems, where).items():
-        spec, _ = _component("channels", name, sec, where, problems, ())
+        spec, _ = _component("channels", name, sec, where, problems, (), strict)
         if spec is not None:
             channels[name] = spec
-    return channels
+    declared_channels = set(_section(a, "channels", [], where))
 
-
-def _build_sources(
-    a: Mapping[str, Any], where: str, problems: list[str], declared_channels: set[str]
-) -> dict[str, SourceSpec]:
     sources: dict[str, SourceSpec] = {}
     for name, sec in _section(a, "sources", problems, where).items():
         swhere = f"{where}: source {name}"
         spec, flat = _component(
-            "sources", name, sec, where, problems, ("channels", "selector", "interceptors")
+            "sources", name, sec, where, problems, ("channels", "selector", "interceptors"), strict
         )
-        chans = _names(flat.get("channels"))
+        chans = _names(flat.get("channels"), swhere, "channels")
         if not chans:
             problems.append(f"{swhere}: missing required key 'channels' (a source needs a channel)")
         for c in chans:
             if c not in declared_channels:
                 problems.append(f"{swhere}: key 'channels': no channel named {c!r}")
-        selector = _build_selector(flat, chans, swhere, problems)
-        icpts = _build_interceptors(flat, swhere, problems)
+        sel_flat = {k[9:]: v for k, v in flat.items() if k.startswith("selector.")}
+        if isinstance(sel_flat.get("type"), str):
+            # Flume's class names (ReplicatingChannelSelector ...) name the same selectors.
+            short = registry.canonical("selectors", sel_flat["type"])
+            if short is not None:
+                sel_flat["type"] = short
+        selector = SelectorConfig()
+        try:
+            selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector", strict=strict)
+            for c in sorted(selector.channel_names() - set(chans)):
+                problems.append(
+                    f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
+                )
+        except ConfigError as e:
+            problems.extend(e.problems)
+        icpts: list[InterceptorSpec] = []
+        i_flat = {k[13:]: v for k, v in flat.items() if k.startswith("interceptors.")}
+        if isinstance(flat.get("interceptors"), str) and not i_flat:
+            problems.append(f"{swhere}: interceptors {flat['interceptors']!r} have no settings")
+        for iname, ikeys in group_named(i_flat).items():
+            iwhere = f"{swhere}: interceptor {iname}"
+            itype = ikeys.get("type")
+            if not isinstance(itype, str):
+                problems.append(f"{iwhere}: missing required key 'type'")
+                continue
+            try:
+                icls = registry.resolve("interceptors", itype, _base("interceptors"))
+                iconf = parse(
+                    icls.Config,
+                    {k: v for k, v in ikeys.items() if k != "type"},
+                    iwhere,
+                    strict=strict,
+                )
+                icpts.append(InterceptorSpec(iname, icls, iconf))
+            except registry.UnknownTypeError as e:
+                problems.append(f"{iwhere}: key 'type': {e}")
+            except ConfigError as e:
+                problems.extend(e.problems)
         if spec is not None:
             sources[name] = SourceSpec(
                 spec.name,
@@ -237,60 +270,11 @@ def _build_sources(
                 selector=selector,
                 interceptors=tuple(icpts),
             )
-    return sources
 
-
-def _build_selector(
-    flat: Mapping[str, Any], chans: list[str], swhere: str, problems: list[str]
-) -> SelectorConfig:
-    sel_flat = strip_prefix(flat, "selector")
-    if isinstance(sel_flat.get("type"), str):
-        # Flume's class names (ReplicatingChannelSelector ...) name the same selectors.
-        short = registry.canonical("selectors", sel_flat["type"])
-        if short is not None:
-            sel_flat["type"] = short
-    selector = SelectorConfig()
-    try:
-        selector = parse(SelectorConfig, sel_flat, f"{swhere}: selector")
-        for c in sorted(selector.channel_names() - set(chans)):
-            problems.append(
-                f"{swhere}: selector names channel {c!r}, which is not in the source's channels"
-            )
-    except ConfigError as e:
-        problems.extend(e.problems)
-    return selector
-
-
-def _build_interceptors(
-    flat: Mapping[str, Any], swhere: str, problems: list[str]
-) -> list[InterceptorSpec]:
-    icpts: list[InterceptorSpec] = []
-    i_flat = strip_prefix(flat, "interceptors")
-    if isinstance(flat.get("interceptors"), str) and not i_flat:
-        problems.append(f"{swhere}: interceptors {flat['interceptors']!r} have no settings")
-    for iname, ikeys in group_named(i_flat).items():
-        iwhere = f"{swhere}: interceptor {iname}"
-        itype = ikeys.get("type")
-        if not isinstance(itype, str):
-            problems.append(f"{iwhere}: missing required key 'type'")
-            continue
-        try:
-            icls = registry.resolve("interceptors", itype, _base("interceptors"))
-            iconf = parse(icls.Config, {k: v for k, v in ikeys.items() if k != "type"}, iwhere)
-            icpts.append(InterceptorSpec(iname, icls, iconf))
-        except registry.UnknownTypeError as e:
-            problems.append(f"{iwhere}: key 'type': {e}")
-        except ConfigError as e:
-            problems.extend(e.problems)
-    return icpts
-
-
-def _build_sinks(
-    a: Mapping[str, Any], where: str, problems: list[str], declared_channels: set[str]
-) -> dict[str, SinkSpec]:
     sinks: dict[str, SinkSpec] = {}
+    declared_sinks = set(_section(a, "sinks", [], where))
     for name, sec in _section(a, "sinks", problems, where).items():
-        spec, flat = _component("sinks", name, sec, where, problems, ("channel",))
+        spec, flat = _component("sinks", name, sec, where, problems, ("channel",), strict)
         ch = flat.get("channel")
         if not isinstance(ch, str) or not ch:
             problems.append(f"{where}: sink {name}: missing required key 'channel'")
@@ -301,18 +285,13 @@ def _build_sinks(
             sinks[name] = SinkSpec(
                 spec.name, spec.type, spec.cls, spec.config, spec.raw, channel=ch
             )
-    return sinks
 
-
-def _build_sinkgroups(
-    a: Mapping[str, Any], where: str, problems: list[str], declared_sinks: set[str]
-) -> dict[str, SinkGroupSpec]:
     groups: dict[str, SinkGroupSpec] = {}
     grouped: dict[str, str] = {}
     for name, sec in _section(a, "sinkgroups", problems, where).items():
         gwhere = f"{where}: sinkgroup {name}"
         flat = flatten(sec) if isinstance(sec, Mapping) else {}
-        members = _names(flat.get("sinks"))
+        members = _names(flat.get("sinks"), gwhere, "sinks")
         if not members:
             problems.append(f"{gwhere}: missing required key 'sinks'")
         for s in members:
@@ -322,39 +301,51 @@ def _build_sinkgroups(
                 problems.append(f"{gwhere}: sink {s!r} is already in sinkgroup {grouped[s]!r}")
             else:
                 grouped[s] = name
+        pflat = {k[10:]: v for k, v in flat.items() if k.startswith("processor.")}
         for k in flat:
             if k != "sinks" and not k.startswith("processor."):
-                problems.append(f"{gwhere}: unknown key '{k}'")
-        group = _build_processor(name, members, flat, gwhere, problems)
-        if group is not None:
-            groups[name] = group
-    return groups
-
-
-def _build_processor(
-    name: str, members: list[str], flat: Mapping[str, Any], gwhere: str, problems: list[str]
-) -> SinkGroupSpec | None:
-    pflat = strip_prefix(flat, "processor")
-    ptype = str(pflat.get("type", "default"))
-    short = registry.canonical("sinkprocessors", ptype)
-    if short is not None and "type" in pflat:
-        # Flume's class names (FailoverSinkProcessor ...) name the same processors.
-        pflat["type"] = ptype = short
-    try:
-        pcls = registry.resolve("sinkprocessors", ptype, _base("sinkprocessors"))
-    except registry.UnknownTypeError as e:
-        problems.append(f"{gwhere}: key 'processor.type': {e}")
-        return None
-    pconf = None
-    if pcls.Config is not None:
+                err = unknown_key(gwhere, k, ("sinks", "processor.type"), strict)
+                if err is not None:
+                    problems.append(err)
+        ptype = str(pflat.get("type", "default"))
+        short = registry.canonical("sinkprocessors", ptype)
+        if short is not None and "type" in pflat:
+            # Flume's class names (FailoverSinkProcessor ...) name the same processors.
+            pflat["type"] = ptype = short
         try:
-            pconf = parse(pcls.Config, pflat, f"{gwhere}: processor")
-        except ConfigError as e:
-            problems.extend(e.problems)
-            return None
-    elif set(pflat) - {"type"}:
-        problems.append(f"{gwhere}: processor {ptype} takes no keys")
-    return SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
+            pcls = registry.resolve("sinkprocessors", ptype, _base("sinkprocessors"))
+        except registry.UnknownTypeError as e:
+            problems.append(f"{gwhere}: key 'processor.type': {e}")
+            continue
+        pconf = None
+        if pcls.Config is not None:
+            try:
+                pconf = parse(pcls.Config, pflat, f"{gwhere}: processor", strict=strict)
+            except ConfigError as e:
+                problems.extend(e.problems)
+                continue
+        elif set(pflat) - {"type"}:
+            problems.append(f"{gwhere}: processor {ptype} takes no keys")
+        groups[name] = SinkGroupSpec(name, tuple(members), pcls, pconf, _freeze(flat))
+
+    _check_resources(sources, where, problems, channels, sinks)
+    if problems:
+        raise ConfigError(problems)
+    used = {c for s in sources.values() for c in s.channels} | {s.channel for s in sinks.values()}
+    for c in channels:
+        if c not in used:
+            log.warning("%s: channel %s is connected to nothing.", where, c)
+    return AgentSpec(agent, sources, channels, sinks, groups, workers)
+
+
+def _workers(value: Any, where: str, problems: list[str]) -> int:
+    """The agent-level key `workers` (TOML integer, or a properties string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        problems.append(f"{where}: key 'workers': {value!r} is not a number of processes (1-256)")
+        return 1
+    return value
 
 
 def _check_resources(
@@ -362,12 +353,13 @@ def _check_resources(
     where: str,
     problems: list[str],
     channels: Mapping[str, ComponentSpec] | None = None,
+    sinks: Mapping[str, ComponentSpec] | None = None,
 ) -> None:
     """No two components may claim one port, directory or file (Vector's `resources()`).
 
-    A component's Config may define `claims() -> list[tuple[str, str]]`: (resource, key)
-    pairs such as ("directory /var/spool/x", "spoolDir"). Listening ports are found
-    through a `port` key.
+    What a component claims is its Config's `claims()` (config.keys.ComponentConfig):
+    (resource, key) pairs such as ("directory /var/spool/x", "spoolDir") or
+    ("udp port 514", "port").
     """
     seen: dict[str, str] = {}
 
@@ -381,12 +373,7 @@ def _check_resources(
 
     specs: list[tuple[str, ComponentSpec]] = [(f"source {n}", s) for n, s in sources.items()]
     specs += [(f"channel {n}", c) for n, c in (channels or {}).items()]
+    specs += [(f"sink {n}", c) for n, c in (sinks or {}).items()]
     for owner, s in specs:
-        port = getattr(s.config, "port", None)
-        if isinstance(port, int) and port != 0:
-            proto = "udp" if "udp" in s.type.lower() else "tcp"
-            claim(f"{proto} port {port}", owner, "port")
-        claims = getattr(s.config, "claims", None)
-        if claims is not None:
-            for resource, key in claims():
-                claim(resource, owner, key)
+        for resource, key in config_claims(s.config):
+            claim(resource, owner, key)

@@ -12,16 +12,21 @@ A component declares a frozen dataclass whose fields are its keys::
 dataclass, converting the strings a `.properties` file gives, and raises one
 ConfigError listing every unknown key, missing key and bad value. Nothing falls
 back silently to a default on bad input.
+
+The contract of such a dataclass is `ComponentConfig` below: besides its fields it may
+declare `IGNORED`, `check()` and `claims()`, read only through `ignored_keys()`,
+`config_problems()` and `config_claims()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args, get_origin
 
 from flumed.errors import ConfigError
 
@@ -29,6 +34,64 @@ log = logging.getLogger("flumed.config")
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
+
+
+class ComponentConfig(Protocol):
+    """What a component's Config dataclass may declare besides its keys (all optional).
+
+    - `IGNORED`: Flume keys accepted for compatibility and warned about (`ignored()`).
+    - `check()`: problems no single key shows (keys that contradict each other, a
+      file format flumed cannot read), one message per problem, without the component's
+      name (the caller prefixes it). Pure: no I/O, it runs in `flumed validate`.
+    - `claims()`: what this component uses alone, as (resource, key) pairs such as
+      ("tcp port 4141", "port") or ("directory /var/log/out", "sink.directory"): two
+      components of one agent claiming one resource are refused (config/graph.py).
+      Listening ports are claims too (`listen_claims()`), TCP or UDP as the component
+      says; a port to connect to is not one.
+    """
+
+    IGNORED: ClassVar[Mapping[str, str]]
+
+    def check(self) -> list[str]: ...
+
+    def claims(self) -> list[tuple[str, str]]: ...
+
+
+def ignored_keys(cls: type) -> Mapping[str, str]:
+    """A Config class's IGNORED keys (none when it declares none)."""
+    found: Mapping[str, str] = getattr(cls, "IGNORED", {})
+    return found
+
+
+def config_problems(config: object) -> list[str]:
+    """What a Config's `check()` reports (nothing when it has none)."""
+    check = getattr(config, "check", None)
+    return list(check()) if check is not None else []
+
+
+def config_claims(config: object) -> list[tuple[str, str]]:
+    """A Config's `claims()` (none when it has none)."""
+    claims = getattr(config, "claims", None)
+    return list(claims()) if claims is not None else []
+
+
+def listen_claims(
+    port: int, transport: Literal["tcp", "udp"] = "tcp", key: str = "port"
+) -> list[tuple[str, str]]:
+    """The claim of a listening port: none for 0 (an ephemeral port, never shared)."""
+    return [(f"{transport} port {port}", key)] if port else []
+
+
+def port_of_claim(resource: str) -> tuple[Literal["tcp", "udp"], int] | None:
+    """The transport and port of a claim made by `listen_claims()`, else None."""
+    transport, sep, port = resource.partition(" port ")
+    if not sep or not port.isdigit():
+        return None
+    if transport == "tcp":
+        return "tcp", int(port)
+    if transport == "udp":
+        return "udp", int(port)
+    return None
 
 
 def key(
@@ -55,7 +118,10 @@ def prefix(name: str, *, doc: str = "") -> Any:
 
 
 def ignored(*names: str) -> dict[str, str]:
-    """Flume keys accepted for compatibility that have no meaning here (warned about)."""
+    """Flume keys accepted for compatibility that have no meaning here (warned about).
+
+    A name ending in `.*` stands for every key under that prefix (Jetty's
+    `HttpConfiguration.*`)."""
     return dict.fromkeys(names, "has no meaning in flumed and is ignored")
 
 
@@ -158,19 +224,89 @@ def key_names(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return {f.metadata.get("name") or f.name: f for f in dataclasses.fields(cls)}
 
 
-def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
+def renamed(pairs: Mapping[str, str]) -> dict[str, str]:
+    """Deprecated Flume keys still read: old name -> the key it is read as (warned).
+
+    As Flume 1.10's `translateOldProperties`: the old key is used only when the new one
+    is absent."""
+    return dict(pairs)
+
+
+def _apply_renamed(
+    flat: Mapping[str, Any], renames: Mapping[str, str], where: str
+) -> dict[str, Any]:
+    out = dict(flat)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out:
+            log.warning(
+                "%s: key '%s' is deprecated and ignored, because '%s' is set.", where, old, new
+            )
+        else:
+            log.warning("%s: key '%s' is deprecated; read as '%s' (use that).", where, old, new)
+            out[new] = value
+    return out
+
+
+def _ignored_reason(k: str, skip: Mapping[str, str]) -> str | None:
+    if k in skip:
+        return skip[k]
+    for name, why in skip.items():
+        if name.endswith(".*") and k.startswith(name[:-1]):
+            return why
+    return None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest candidate (case-insensitive), else ''."""
+    by_lower = {c.lower(): c for c in candidates}
+    m = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f" (did you mean '{by_lower[m[0]]}'?)" if m else ""
+
+
+def unknown_key(where: str, k: str, candidates: Iterable[str], strict: bool) -> str | None:
+    """An unknown key: the error text when `strict`, else None after a warning.
+
+    A Flume properties file runs on Flume with unknown keys ignored, so flumed warns
+    there (strict = False); TOML and `validate --strict` refuse them."""
+    hint = did_you_mean(k, candidates)
+    if strict:
+        return f"{where}: unknown key '{k}'{hint}"
+    log.warning(
+        "%s: unknown key '%s'%s: ignored, as Flume ignores it (validate --strict refuses it).",
+        where,
+        k,
+        hint,
+    )
+    return None
+
+
+def parse(cls: type[T], flat: Mapping[str, Any], where: str, *, strict: bool = True) -> T:
     """Build config dataclass `cls` from flat dotted keys.
+
+    Every problem is collected: bad values, missing keys, unknown keys (errors when
+    `strict`, else warnings, see `unknown_key`), and the config's own `check()` as long
+    as every value converted. A substituted (`${...}`) value is shown as written.
 
     Raises:
         ConfigError: listing every problem, each prefixed with `where`.
     """
+    from flumed.config.substitution import shown
+
     problems: list[str] = []
     hints = typing.get_type_hints(cls)
-    ignored_keys: Mapping[str, str] = getattr(cls, "IGNORED", {})
+    skip = ignored_keys(cls)
+    renames: Mapping[str, str] = getattr(cls, "RENAMED", {})
+    if renames:
+        flat = _apply_renamed(flat, renames, where)
     values: dict[str, Any] = {}
     used: set[str] = set()
     prefixes: list[tuple[str, dataclasses.Field[Any]]] = []
+    known: list[str] = [k.removesuffix(".*") for k in skip]
     for fname, f in key_names(cls).items():
+        known.extend((fname, *f.metadata.get("aliases", ())))
         if f.metadata.get("prefix"):
             prefixes.append((fname, f))
             continue
@@ -185,14 +321,14 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
         try:
             v = convert_value(hints[f.name], raw)
         except ValueError as e:
-            problems.append(f"{where}: key '{found[0]}': {e}, got {raw!r}")
+            problems.append(f"{where}: key '{found[0]}': {e}, got {shown(raw)}")
             continue
         ge, le = f.metadata.get("ge"), f.metadata.get("le")
         if ge is not None and v is not None and v < ge:
-            problems.append(f"{where}: key '{found[0]}': must be >= {ge}, got {raw!r}")
+            problems.append(f"{where}: key '{found[0]}': must be >= {ge}, got {shown(raw)}")
             continue
         if le is not None and v is not None and v > le:
-            problems.append(f"{where}: key '{found[0]}': must be <= {le}, got {raw!r}")
+            problems.append(f"{where}: key '{found[0]}': must be <= {le}, got {shown(raw)}")
             continue
         values[f.name] = v
     # Longest prefix first, so `kafka.producer` wins over `kafka`.
@@ -205,22 +341,27 @@ def parse(cls: type[T], flat: Mapping[str, Any], where: str) -> T:
                 values.setdefault(f.name, {})[k[len(pname) + 1 :]] = flat[k]
                 used.add(k)
                 break
+    unknown: list[str] = []
     for k in flat:
         if k in used:
             continue
-        if k in ignored_keys:
-            log.warning("%s: key '%s' %s.", where, k, ignored_keys[k])
+        why = _ignored_reason(k, skip)
+        if why is not None:
+            log.warning("%s: key '%s' %s.", where, k, why)
             continue
-        problems.append(f"{where}: unknown key '{k}'")
+        err = unknown_key(where, k, known, strict)
+        if err is not None:
+            unknown.append(err)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems + unknown)
     try:
         obj = cls(**values)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-    check = getattr(obj, "check", None)
-    if check is not None:
-        errs = check()
-        if errs:
-            raise ConfigError([f"{where}: {e}" for e in errs])
+        raise ConfigError([*unknown, f"{where}: {e}"]) from None
+    errs = config_problems(obj)
+    notes = getattr(obj, "notes", None)
+    for note in notes() if notes is not None else []:
+        log.warning("%s: %s", where, note)
+    if errs or unknown:
+        raise ConfigError(unknown + [f"{where}: {e}" for e in errs])
     return obj

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flumed.config.properties import properties_to_document
+from flumed.config.substitution import resolve_document
 from flumed.errors import ConfigError
+
+log = logging.getLogger("flumed.config")
 
 
 def is_properties(path: Path, text: str) -> bool:
@@ -24,11 +30,24 @@ def is_properties(path: Path, text: str) -> bool:
     return False
 
 
-def load_document(path: str | Path) -> dict[str, Any]:
-    """Load a file into the document shape `{"agents": {...}}`.
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded file: the document (`${...}` resolved) and whether it was properties."""
+
+    doc: dict[str, Any]
+    properties: bool
+
+
+def load_config(
+    path: str | Path, sysprops: Mapping[str, str] | None = None, *, resolve: bool = True
+) -> Loaded:
+    """Load a file, log what Flume would read differently, resolve `${...}`.
+
+    `sysprops` are the `-Dname=value` arguments (`${sys:name}`).
 
     Raises:
-        ConfigError: the file cannot be read or parsed; the message names the file.
+        ConfigError: the file cannot be read or parsed, or a variable cannot be
+            resolved; the message names the file.
     """
     p = Path(path)
     try:
@@ -37,13 +56,31 @@ def load_document(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text: {e}") from None
-    if is_properties(p, text):
-        return properties_to_document(text)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML: {e}") from None
-    for k in doc:
-        if k != "agents":
-            raise ConfigError(f"{p}: unknown top-level key '{k}' (expected [agents.NAME...])")
-    return doc
+    props = is_properties(p, text)
+    if props:
+        notes: list[str] = []
+        doc = properties_to_document(text, notes)
+        for n in notes:
+            log.warning("%s: %s", p, n)
+    else:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        for k in doc:
+            if k not in ("agents", "vars"):
+                raise ConfigError(
+                    f"{p}: unknown top-level key '{k}' (expected [agents.NAME...] or [vars])"
+                )
+    if resolve:
+        doc = resolve_document(doc, str(p), sysprops)
+    return Loaded(doc, props)
+
+
+def load_document(path: str | Path, sysprops: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Load a file into the document shape `{"agents": {...}}`, `${...}` resolved.
+
+    Raises:
+        ConfigError: as `load_config`.
+    """
+    return load_config(path, sysprops).doc

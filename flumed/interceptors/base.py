@@ -15,7 +15,6 @@ class Interceptor:
     """
 
     Config: ClassVar[type]
-    description: ClassVar[str] = ""
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name

@@ -39,7 +39,6 @@ def local_host(use_ip: bool) -> str | None:
 
 class HostInterceptor(Interceptor):
     Config = HostConfig
-    description = "Sets a header to this host's IP address or name."
     config: HostConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -24,7 +24,6 @@ cannot parse sets no header and is logged (rate-limited); the event goes on.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from flumed.config.keys import group_named, key, prefix
 from flumed.event import Event
 from flumed.interceptors._java import compile_regex, regex_problem
 from flumed.interceptors.base import Interceptor
+from flumed.logs import RateLimitedLog
 
 log = logging.getLogger("flumed.interceptors.regex_extractor")
 
@@ -168,7 +168,6 @@ class RegexExtractorConfig:
 
 class RegexExtractorInterceptor(Interceptor):
     Config = RegexExtractorConfig
-    description = "Copies regex groups of the body into headers."
     config: RegexExtractorConfig
 
     def __init__(self, name: str, config: Any) -> None:
@@ -181,7 +180,7 @@ class RegexExtractorInterceptor(Interceptor):
             for s in specs
         ]
         self.plain = all(c is None for c in self.converters)
-        self._last_warn = 0.0
+        self._warn = RateLimitedLog(log, interval=1.0)
         self.failures = 0
 
     @staticmethod
@@ -224,15 +223,12 @@ class RegexExtractorInterceptor(Interceptor):
     def _bad_value(self, header: str, value: str, err: ValueError) -> None:
         # Counted always, logged at most once a second.
         self.failures += 1
-        now = time.monotonic()
-        if now - self._last_warn >= 1.0:
-            self._last_warn = now
-            log.warning(
-                "Interceptor %s: header %s: cannot parse %r as a time (%s); header not set "
-                "(%d such values so far).",
-                self.name,
-                header,
-                value,
-                err,
-                self.failures,
-            )
+        self._warn.warn(
+            "Interceptor %s: header %s: cannot parse %r as a time (%s); header not set "
+            "(%d such values so far).",
+            self.name,
+            header,
+            value,
+            err,
+            self.failures,
+        )

@@ -27,7 +27,6 @@ class RegexFilterConfig:
 
 class RegexFilteringInterceptor(Interceptor):
     Config = RegexFilterConfig
-    description = "Keeps or drops events whose body matches a regex."
     config: RegexFilterConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -36,7 +36,6 @@ class RemoveHeaderConfig:
 
 class RemoveHeaderInterceptor(Interceptor):
     Config = RemoveHeaderConfig
-    description = "Removes headers by name, list of names or regex."
     config: RemoveHeaderConfig
 
     def __init__(self, name: str, config: Any) -> None:

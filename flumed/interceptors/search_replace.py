@@ -43,7 +43,6 @@ class SearchReplaceConfig:
 
 class SearchAndReplaceInterceptor(Interceptor):
     Config = SearchReplaceConfig
-    description = "Replaces every match of a regex in the body."
     config: SearchReplaceConfig
 
     def __init__(self, name: str, config: Any) -> None:

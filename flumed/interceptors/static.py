@@ -23,7 +23,6 @@ class StaticConfig:
 
 class StaticInterceptor(Interceptor):
     Config = StaticConfig
-    description = "Sets a fixed header on every event."
     config: StaticConfig
 
     def intercept(self, events: list[Event]) -> list[Event]:

@@ -22,7 +22,6 @@ class TimestampConfig:
 
 class TimestampInterceptor(Interceptor):
     Config = TimestampConfig
-    description = "Sets a header to the current time in epoch milliseconds."
     config: TimestampConfig
 
     def intercept(self, events: list[Event]) -> list[Event]:

@@ -22,7 +22,6 @@ class UUIDConfig:
 
 class UUIDInterceptor(Interceptor):
     Config = UUIDConfig
-    description = "Sets a header to a random UUID (version 4) per event."
     config: UUIDConfig
 
     def intercept(self, events: list[Event]) -> list[Event]:

@@ -10,6 +10,7 @@ from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.interceptors.base import Interceptor
 from flumed.routing.selectors import ChannelSelector
+from flumed.tap import HUB
 
 log = logging.getLogger("flumed.routing")
 
@@ -80,5 +81,6 @@ async def _put(ch: Channel, batch: list[Event]) -> int:
                 await tx.put_batch(chunk)
         except ChannelFullError:
             return done
+        HUB.offer(ch.name, chunk)
         done += len(chunk)
     return done

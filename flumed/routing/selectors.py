@@ -6,6 +6,7 @@ and answers, per event, which channels are required and which optional.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,11 +18,14 @@ from flumed.event import Event
 
 @dataclass(frozen=True, slots=True)
 class SelectorConfig:
-    type: Literal["replicating", "multiplexing"] = key("replicating")
+    type: Literal["replicating", "multiplexing", "load_balancing"] = key("replicating")
     header: str = key("flume.selector.header", doc="multiplexing: the header to route on")
     mapping: dict[str, Any] = prefix("mapping", doc="multiplexing: header value → channels")
     optional: dict[str, Any] = prefix("optional", doc="channels whose failure is only logged")
     default: list[str] = key([], doc="multiplexing: channels for an unmapped value")
+    policy: Literal["round_robin", "random"] = key(
+        "round_robin", doc="load_balancing: how each event's one channel is chosen"
+    )
 
     def channel_names(self) -> set[str]:
         names = set(self.default)
@@ -106,7 +110,37 @@ class MultiplexingSelector(ChannelSelector):
         return list(groups.values())
 
 
+class LoadBalancingSelector(ChannelSelector):
+    """Each event to exactly one of the channels (Flume 1.10's LoadBalancingChannelSelector):
+    `selector.policy = round_robin` (event after event, continuing across batches) or
+    `random`. Every chosen channel is required: a full one refuses the batch.
+    """
+
+    def __init__(self, channels: Sequence[Channel], config: SelectorConfig) -> None:
+        super().__init__(channels)
+        self.policy = config.policy
+        self._next = 0
+        self._rng = random.Random()
+
+    def route(self, events: list[Event]) -> list[tuple[Route, list[Event]]]:
+        n = len(self.channels)
+        if self.policy == "round_robin":
+            start = self._next
+            self._next = (start + len(events)) % n
+            # Event i goes to channel (start + i) % n: whole slices, no per-event routing.
+            slices = [((start + k) % n, events[k::n]) for k in range(min(n, len(events)))]
+        else:
+            picks: dict[int, list[Event]] = {}
+            choose = self._rng.randrange
+            for e in events:
+                picks.setdefault(choose(n), []).append(e)
+            slices = list(picks.items())
+        return [(((self.channels[i],), ()), batch) for i, batch in slices if batch]
+
+
 def build_selector(channels: Sequence[Channel], config: SelectorConfig) -> ChannelSelector:
     if config.type == "multiplexing":
         return MultiplexingSelector(channels, config)
+    if config.type == "load_balancing":
+        return LoadBalancingSelector(channels, config)
     return ReplicatingSelector(channels, config)

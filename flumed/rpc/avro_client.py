@@ -31,19 +31,13 @@ from flumed.rpc.avro_protocol import (
     read_status_response,
 )
 from flumed.rpc.avro_transport import PackConnection
+from flumed.rpc.errors import ConnectFailed as ConnectFailed
+from flumed.rpc.errors import RpcError as RpcError
 from flumed.rpc.stream import DeflateOrder, Layer, StreamError, build_layers
 
 #: The server hash learned per remote "host:port" (Java keeps a JVM-wide map too), so
 #: that a reconnect guesses right and gets `BOTH` at once.
 REMOTE_HASHES: dict[str, bytes] = {}
-
-
-class RpcError(Exception):
-    """A call failed: no connection, no answer in time, a protocol or remote error."""
-
-
-class ConnectFailed(RpcError):
-    """The connection (TCP connect, TLS handshake) could not be made."""
 
 
 class _ClientConnection(PackConnection):

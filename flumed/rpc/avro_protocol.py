@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flumed.event import Event
+from flumed.rpc.errors import ProtocolError as ProtocolError
+from flumed.rpc.errors import RemoteError as RemoteError
 
 # -- the protocol ------------------------------------------------------------------------
 
@@ -110,16 +112,8 @@ class Match(enum.IntEnum):
     NONE = 2
 
 
-class ProtocolError(Exception):
-    """The peer sent bytes that are not valid Avro RPC; the connection must close."""
-
-
 class LimitExceeded(ProtocolError):
     """Well-formed input over a configured limit: refused, the connection may go on."""
-
-
-class RemoteError(Exception):
-    """The peer answered a call with an Avro error response (its message)."""
 
 
 # -- Avro binary primitives ----------------------------------------------------------------
@@ -205,6 +199,10 @@ class Reader:
     """Reads Avro binary from one bytes object, checking every length against the input.
 
     Raises ProtocolError on truncated or malformed input.
+
+    Hand-tuned on purpose: `read_long` is Avro's zig-zag varint (it looks like the
+    Thrift compact varint of rpc/thrift_protocol.py, a different encoding), and
+    `read_map_bytes` / `read_string_map` stay two small loops, each called per request.
     """
 
     __slots__ = ("buf", "pos")
@@ -288,31 +286,46 @@ class Reader:
                 out[k] = self.read_bytes()
         return out
 
-    def read_string_map(self) -> dict[str, str]:
+    def read_string_map(self, max_entries: int | None = None) -> dict[str, str]:
+        """A map<string>. Raises LimitExceeded past `max_entries` (from the block counts,
+        before the entries are decoded)."""
         out: dict[str, str] = {}
         while n := self._block_count(2):
+            if max_entries is not None and len(out) + n > max_entries:
+                raise LimitExceeded(
+                    f"an event with at least {len(out) + n} headers exceeds the limit of "
+                    f"{max_entries} (max-event-headers)"
+                )
             for _ in range(n):
                 k = self.read_string()
                 out[k] = self.read_string()
         return out
 
-    def read_event(self) -> Event:
-        headers = self.read_string_map()
+    def read_event(self, max_headers: int | None = None) -> Event:
+        headers = self.read_string_map(max_headers)
         return Event(self.read_bytes(), headers)
 
-    def read_events(self, max_events: int | None = None) -> list[Event]:
+    def read_events(
+        self,
+        max_events: int | None = None,
+        max_headers: int | None = None,
+        max_batch_headers: int | None = None,
+    ) -> list[Event]:
         """An `array<AvroFlumeEvent>`. The common shapes (short header strings, bodies
         under 8 KiB) are decoded inline; anything else goes through the general readers,
         which check everything.
 
         Raises:
             LimitExceeded: the array holds more than `max_events` (checked from the
-                block counts, before the events are decoded).
+                block counts, before the events are decoded), an event more than
+                `max_headers` headers, or the events together more than
+                `max_batch_headers` (checked as they are decoded).
         """
         buf = self.buf
         end = len(buf)
         out: list[Event] = []
         append = out.append
+        total_headers = 0
         while n := self._block_count(2):
             if max_events is not None and len(out) + n > max_events:
                 raise LimitExceeded(
@@ -328,7 +341,14 @@ class Reader:
                     pos += 1
                     headers: dict[str, str] = {}
                 else:
-                    headers, pos = self._read_headers(pos)
+                    headers, pos = self._read_headers(pos, max_headers)
+                    if max_batch_headers is not None:
+                        total_headers += len(headers)
+                        if total_headers > max_batch_headers:
+                            raise LimitExceeded(
+                                f"appendBatch with more than {max_batch_headers} headers in "
+                                "all exceeds the limit (max-batch-headers)"
+                            )
                 # body length: one- and two-byte varints inline (z: zig-zag value).
                 b = buf[pos] if pos < end else 0x80
                 if b < 0x80:
@@ -353,14 +373,14 @@ class Reader:
             self.pos = pos
         return out
 
-    def _read_headers(self, start: int) -> tuple[dict[str, str], int]:
+    def _read_headers(self, start: int, limit: int | None) -> tuple[dict[str, str], int]:
         """The header map at `start`: one block of short strings inline, else general."""
         buf = self.buf
         end = len(buf)
         pos = start
         cnt = buf[pos]
         headers: dict[str, str] = {}
-        if cnt < 0x80 and not cnt & 1:
+        if cnt < 0x80 and not cnt & 1 and (limit is None or cnt >> 1 <= limit):
             pos += 1
             try:
                 for _ in range(cnt >> 1):
@@ -383,7 +403,7 @@ class Reader:
             except IndexError:
                 pass
         self.pos = start
-        headers = self.read_string_map()
+        headers = self.read_string_map(limit)
         return headers, self.pos
 
 
@@ -576,6 +596,8 @@ def compatibility_problem(text: str) -> str | None:
         theirs = _messages(json.loads(text))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         return f"unreadable protocol: {e}"
+    except RecursionError:
+        return "unreadable protocol: nested too deeply"
     if not theirs:
         return "the protocol declares no messages"
     for name, shape in theirs.items():

@@ -4,7 +4,8 @@ The counterpart of `flume-ng avro-client`: one event per line (the line without 
 `\\n` or `\\r\\n`), headers from `--header k=v` and `-R FILE` (lines `k=v`), sent with
 `appendBatch` in batches. Exit status: 0 when every batch was answered OK, 1 when
 the receiver refused or did not answer (a message on stderr says which), 2 for bad
-usage.
+usage. A summary (events, batches, bytes, rate) goes to stderr at the end; on a terminal,
+progress is shown while a large file is sent.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import ssl
 import sys
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -79,7 +82,48 @@ def _batches(stream: IO[bytes], headers: dict[str, str], size: int) -> Iterator[
         yield batch
 
 
-async def _send(args: argparse.Namespace, headers: dict[str, str], stream: IO[bytes]) -> int:
+class Progress:
+    """Counts what was acknowledged; prints a summary, and progress on a terminal."""
+
+    def __init__(self, total_bytes: int | None, out: IO[str] | None = None) -> None:
+        self.out = out or sys.stderr
+        self.total = total_bytes
+        self.events = self.batches = self.bytes = 0
+        self.start = time.monotonic()
+        self._shown = 0.0
+        self.live = self.out.isatty()
+
+    def acked(self, batch: list[Event]) -> None:
+        self.events += len(batch)
+        self.batches += 1
+        self.bytes += sum(len(e.body) + 1 for e in batch)
+        now = time.monotonic()
+        if self.live and now - self._shown >= 0.5:
+            self._shown = now
+            pct = f" ({100 * self.bytes / self.total:.0f}%)" if self.total else ""
+            rate = self.events / max(now - self.start, 1e-9)
+            self.out.write(
+                f"\r{self.events:,} events, {self.bytes / 1e6:,.1f} MB{pct}, {rate:,.0f} events/s"
+            )
+            self.out.flush()
+
+    def summary(self) -> str:
+        secs = max(time.monotonic() - self.start, 1e-9)
+        return (
+            f"{self.events:,} events in {self.batches:,} batches ({self.bytes:,} bytes) "
+            f"acknowledged in {secs:.2f} s: {self.events / secs:,.0f} events/s, "
+            f"{self.bytes / secs / 1e6:,.1f} MB/s"
+        )
+
+    def done(self) -> None:
+        if self.live:
+            self.out.write("\r\x1b[K")
+        print(f"flumed send: {self.summary()}", file=self.out, flush=True)
+
+
+async def _send(
+    args: argparse.Namespace, headers: dict[str, str], stream: IO[bytes], progress: Progress
+) -> int:
     context = None
     if args.ssl:
         context = client_context(args.truststore, args.trust_all_certs)
@@ -93,7 +137,6 @@ async def _send(args: argparse.Namespace, headers: dict[str, str], stream: IO[by
     )
     loop = asyncio.get_running_loop()
     batches = _batches(stream, headers, args.batch_size)
-    sent = 0
     try:
         await client.connect()
         while True:
@@ -104,17 +147,18 @@ async def _send(args: argparse.Namespace, headers: dict[str, str], stream: IO[by
             status = await client.append_batch(batch)
             if status is not Status.OK:
                 print(
-                    f"flumed send: {client.remote} answered {status.name} after {sent} events "
-                    "were acknowledged",
+                    f"flumed send: {client.remote} answered {status.name} after "
+                    f"{progress.events} events were acknowledged",
                     file=sys.stderr,
                 )
                 return 1
-            sent += len(batch)
+            progress.acked(batch)
     except RpcError as e:
-        print(f"flumed send: {e} ({sent} events were acknowledged)", file=sys.stderr)
+        print(f"flumed send: {e} ({progress.events} events were acknowledged)", file=sys.stderr)
         return 1
     finally:
         await client.close()
+        progress.done()
     return 0
 
 
@@ -133,8 +177,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"flumed send: {args.filename}: {e.strerror}", file=sys.stderr)
         return 2
+    size = None
+    if args.filename:
+        with contextlib.suppress(OSError):
+            size = os.fstat(stream.fileno()).st_size
     try:
-        return asyncio.run(_send(args, headers, stream))
+        return asyncio.run(_send(args, headers, stream, Progress(size)))
     except (OSError, ssl.SSLError, ValueError) as e:
         print(f"flumed send: {e}", file=sys.stderr)
         return 1

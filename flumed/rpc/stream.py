@@ -15,14 +15,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+from flumed.rpc.errors import StreamError as StreamError
+
 #: Decompressed bytes produced per step, so that the framing above sees (and can refuse)
 #: an oversized frame before a compression bomb is fully inflated.
 INFLATE_STEP = 1 << 20
 TLS_READ = 1 << 18
-
-
-class StreamError(Exception):
-    """The peer's byte stream is not valid for this layer (bad zlib data, TLS failure)."""
 
 
 class Layer:
@@ -97,7 +95,7 @@ class TlsLayer(Layer):
         except ssl.SSLWantReadError:
             return
         except ssl.SSLError as e:
-            raise StreamError(f"TLS handshake failed: {e}") from None
+            raise StreamError(f"TLS handshake failed: {e.reason or e}") from None
         self.ready = True
         held, self._held = self._held, []
         for data in held:
@@ -119,7 +117,7 @@ class TlsLayer(Layer):
             except ssl.SSLZeroReturnError:
                 return  # close_notify: the TCP close follows
             except ssl.SSLError as e:
-                raise StreamError(f"TLS error: {e}") from None
+                raise StreamError(f"TLS error: {e.reason or e}") from None
             if not piece:
                 return
             yield piece
@@ -131,7 +129,7 @@ class TlsLayer(Layer):
         try:
             self._obj.write(data)
         except ssl.SSLError as e:
-            raise StreamError(f"TLS error: {e}") from None
+            raise StreamError(f"TLS error: {e.reason or e}") from None
         return self._out.read()
 
     def pending_out(self) -> bytes:

@@ -74,7 +74,6 @@ class AvroEventSerializer(EventSerializer):
     each `serialize()` is one or more complete blocks."""
 
     Config = AvroEventConfig
-    description = "Avro object container file of Flume Event records."
     supports_reopen = False
     config: AvroEventConfig
 
@@ -112,7 +111,9 @@ class AvroEventSerializer(EventSerializer):
         except BaseException:
             # Forget the half-built block, so that a retried batch is not doubled: a
             # fresh writer for the same file (same sync marker), its header dropped.
-            self._writer = self._new_writer(w.sync_marker)
+            # fastavro's Writer sets sync_marker in __init__; its type stub omits it.
+            marker: bytes = getattr(w, "sync_marker")  # noqa: B009
+            self._writer = self._new_writer(marker)
             self._take()
             raise
         return self._take()

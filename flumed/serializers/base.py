@@ -36,7 +36,6 @@ class EventSerializer:
     """
 
     Config: ClassVar[type]
-    description: ClassVar[str] = ""
     supports_reopen: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:

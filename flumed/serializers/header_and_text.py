@@ -28,7 +28,6 @@ def java_map_string(headers: dict[str, str]) -> str:
 
 class HeaderAndTextSerializer(EventSerializer):
     Config = HeaderAndTextConfig
-    description = "Headers as {k=v, ...}, a space, the body, one event per line."
     config: HeaderAndTextConfig
 
     def serialize(self, events: list[Event]) -> bytes:

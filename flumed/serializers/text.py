@@ -19,7 +19,6 @@ class TextConfig:
 
 class TextSerializer(EventSerializer):
     Config = TextConfig
-    description = "Event bodies, one per line."
     config: TextConfig
 
     def serialize(self, events: list[Event]) -> bytes:

@@ -9,6 +9,7 @@ from flumed.channels.base import Channel
 from flumed.counters import SinkCounter
 from flumed.event import Event
 from flumed.lifecycle import Component, Status
+from flumed.tap import HUB
 
 __all__ = ["TAKE_TIMEOUT", "BatchSink", "Sink", "Status"]
 
@@ -29,6 +30,7 @@ class Sink(Component):
     """
 
     channel: Channel
+    counter: SinkCounter
     #: The counter class built for this sink (a subclass of SinkCounter may add names).
     counter_class: ClassVar[type[SinkCounter]] = SinkCounter
 
@@ -38,14 +40,6 @@ class Sink(Component):
 
     async def process(self) -> Status:
         raise NotImplementedError
-
-    async def start(self) -> None:
-        await super().start()
-        self.counter.start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.counter.stop()
 
 
 class BatchSink(Sink):
@@ -86,4 +80,5 @@ class BatchSink(Sink):
             counter.EventDrainAttemptCount += len(events)
             await self.deliver(events)
         counter.EventDrainSuccessCount += len(events)
+        HUB.offer(self.name, events)
         return Status.READY

@@ -50,7 +50,7 @@ from flumed.serializers.base import (
     serializer_class,
     serializer_problems,
 )
-from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.sinks.base import BatchSink
 
 log = logging.getLogger("flumed.sinks.file_roll")
 
@@ -76,6 +76,10 @@ class RollingFileSinkConfig:
     @property
     def serializerKeys(self) -> dict[str, Any]:
         return {k: v for k, v in self.serializerTable.items() if k}
+
+    def claims(self) -> list[tuple[str, str]]:
+        """Two sinks writing one directory would name their files alike."""
+        return [(f"directory {os.path.normpath(self.directory)}", "sink.directory")]
 
     def check(self) -> list[str]:
         out = [] if self.directory else ["key 'sink.directory': must not be empty"]
@@ -141,11 +145,10 @@ class _File:
         self.size = 0
 
 
-class RollingFileSink(Sink):
+class RollingFileSink(BatchSink):
     """Writes each batch to the current file, then commits; rolls by file age."""
 
     Config = RollingFileSinkConfig
-    description = "Writes events to files in a directory, rolled every interval."
     config: RollingFileSinkConfig
 
     def __init__(self, name: str, config: Any) -> None:
@@ -248,42 +251,41 @@ class RollingFileSink(Sink):
             await self._close("write failed")
 
     # -- delivery ----------------------------------------------------------------------
-    async def process(self) -> Status:
-        """Take up to sink.batchSize events, write them, commit.
+    @property
+    def batch_size(self) -> int:
+        return self.config.batchSize
+
+    async def prepare(self) -> None:
+        """Close the current file when it is due to roll (before the take)."""
+        f = self._file
+        if f is not None and (
+            f.size < 0
+            or (
+                self.config.rollInterval and time.monotonic() - f.opened >= self.config.rollInterval
+            )
+        ):
+            await self._close("roll interval" if f.size >= 0 else "cancelled write")
+
+    async def deliver(self, events: list[Event]) -> None:
+        """Write `events` to the current file (opened now if there is none).
 
         Raises:
             DeliveryError: the file could not be created or written; the take is rolled
                 back and the events stay at the head of the channel.
         """
-        cfg = self.config
         f = self._file
-        if f is not None and (
-            f.size < 0 or (cfg.rollInterval and time.monotonic() - f.opened >= cfg.rollInterval)
-        ):
-            await self._close("roll interval" if f.size >= 0 else "cancelled write")
-            f = None
-        n = cfg.batchSize
-        counter = self.counter
-        async with self.channel.transaction() as tx:
-            events: list[Event] = await tx.take_batch(n, TAKE_TIMEOUT)
-            counter.batch(len(events), n)
-            if not events:
-                return Status.BACKOFF
-            counter.EventDrainAttemptCount += len(events)
-            if f is None:
-                f = self._file = await self._open()
-            data = f.serializer.serialize(events)
-            try:
-                await self._run(_write_all, f.fd, data)
-            except OSError as e:
-                counter.EventWriteFail += 1
-                await self._recover(f, e)
-                raise DeliveryError(f"Sink {self.name}: write to {f.path} failed: {e}") from e
-            except asyncio.CancelledError:
-                # The write may still land after the rollback: a duplicate at worst,
-                # but the file's good length is unknown, so it takes no more batches.
-                f.size = -1
-                raise
-            f.size += len(data)
-        counter.EventDrainSuccessCount += len(events)
-        return Status.READY
+        if f is None:
+            f = self._file = await self._open()
+        data = f.serializer.serialize(events)
+        try:
+            await self._run(_write_all, f.fd, data)
+        except OSError as e:
+            self.counter.EventWriteFail += 1
+            await self._recover(f, e)
+            raise DeliveryError(f"Sink {self.name}: write to {f.path} failed: {e}") from e
+        except asyncio.CancelledError:
+            # The write may still land after the rollback: a duplicate at worst,
+            # but the file's good length is unknown, so it takes no more batches.
+            f.size = -1
+            raise
+        f.size += len(data)

@@ -3,7 +3,7 @@
 Keys as Flume's: `kafka.bootstrap.servers`, `kafka.topic`, `flumeBatchSize`,
 `useFlumeEventFormat`, `defaultPartitionId`, `partitionIdHeader`, `allowTopicOverride`,
 `topicHeader`, `timestampHeader`, `header.<flume header> = <kafka header>`, and
-`kafka.producer.*` in Kafka's spelling (see flumed.kafka_common).
+`kafka.producer.*` in Kafka's spelling (see flumed.kafka.options).
 
 One `process()` call takes a batch, sends it in one Kafka batch per partition, and
 commits the take only once Kafka acknowledged every record (acks=all by default). A
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,27 +23,27 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from flumed.config.keys import key, prefix
+from flumed.config.keys import key, prefix, renamed
 from flumed.errors import DeliveryError
 from flumed.event import Event
-from flumed.kafka_common import (
-    DEFAULT_BATCH_BYTES,
-    LEGAL_TOPIC,
+from flumed.kafka.codec import encode_flume_event
+from flumed.kafka.counters import KafkaSinkCounter
+from flumed.kafka.options import (
     ClientOptions,
-    KafkaSinkCounter,
-    Partitioner,
-    Record,
     client_options,
-    describe,
-    elapsed_ms,
-    encode_flume_event,
-    log_options,
-    produce,
-    servers_problems,
+    client_problems,
     split_servers,
 )
+from flumed.kafka.produce import (
+    LEGAL_TOPIC,
+    Publisher,
+    PublishError,
+    Record,
+    header_partition,
+    producer_kwargs,
+)
 from flumed.logs import RateLimitedLog
-from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.sinks.base import BatchSink
 
 log = logging.getLogger("flumed.sinks.kafka")
 
@@ -52,7 +51,9 @@ _ESCAPE = re.compile(r"%\{([^}]*)\}")
 
 
 def _escape(template: str, headers: dict[str, str]) -> str:
-    """Flume's `%{header}` escapes (BucketPath's header form; no time escapes)."""
+    """Flume's `%{header}` escapes (BucketPath's header form; no time escapes). The
+    topic's only caller of escaping: to be replaced by the shared escapes module
+    (flumed/escapes.py, the HDFS sink's BucketPath) once it is on main."""
     return _ESCAPE.sub(lambda m: headers.get(m.group(1), ""), template)
 
 
@@ -70,14 +71,24 @@ class KafkaSinkConfig:
     header: dict[str, Any] = prefix("header", doc="header.<flume header> = <kafka header>")
     producer: dict[str, Any] = prefix("kafka.producer", doc="Kafka producer keys.")
 
+    RENAMED = renamed(
+        {
+            "brokerList": "kafka.bootstrap.servers",
+            "topic": "kafka.topic",
+            "batchSize": "flumeBatchSize",
+            "requiredAcks": "kafka.producer.acks",
+        }
+    )
+    IGNORED = {
+        "kafka.flumeBatchSize": "is not a Kafka or Flume setting (Flume ignores it too); "
+        "the number of events per transaction is 'flumeBatchSize'",
+    }
+
     def options(self) -> ClientOptions:
         return client_options(self.producer, "producer")
 
     def check(self) -> list[str]:
-        problems = servers_problems(self.bootstrap_servers)
-        opts = self.options()
-        problems += opts.problems
-        log_options([opts])
+        problems = client_problems(self.bootstrap_servers, self.options())
         if "%{" not in self.topic and not LEGAL_TOPIC.match(self.topic):
             problems.append(
                 f"key 'kafka.topic': {self.topic!r} is not a legal Kafka topic name "
@@ -86,37 +97,29 @@ class KafkaSinkConfig:
         return problems
 
 
-class KafkaSink(Sink):
+class KafkaSink(BatchSink):
     """Publishes events to Kafka; see the module docstring."""
 
     Config = KafkaSinkConfig
-    description = "Publishes events to Kafka topics."
     config: KafkaSinkConfig
     counter: KafkaSinkCounter
+    counter_class = KafkaSinkCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = KafkaSinkCounter(name)
         self._options = config.options()
         self._kwargs: dict[str, Any] = {}
         self._producer: AIOKafkaProducer | None = None
-        self._partitioner = Partitioner()
+        self._publisher = Publisher(self._options)
         self._warn = RateLimitedLog(log, interval=1.0)
         self._header_map = [(f, str(k)) for f, k in config.header.items()]
-        self._max_request = int(self._options.kwargs.get("max_request_size", 1048576))
-        self._batch_size = int(self._options.kwargs.get("max_batch_size", DEFAULT_BATCH_BYTES))
-        timeout_ms = int(self._options.kwargs.get("request_timeout_ms", 40000))
-        # aiokafka fails a batch after request.timeout.ms; this only guards against a hang.
-        self._deadline = 2 * timeout_ms / 1000 + 5
         self._fallback_topic = config.topic if "%{" not in config.topic else None
 
     async def start(self) -> None:
         """Reads the TLS files (a bad one fails the start); connects on first use, so an
         unreachable broker does not keep the agent from starting."""
-        defaults = {"acks": "all", "max_batch_size": DEFAULT_BATCH_BYTES}
-        self._kwargs = {**defaults, **self._options.build()}
-        self._kwargs["bootstrap_servers"] = split_servers(self.config.bootstrap_servers)
-        self._kwargs.setdefault("client_id", f"flumed-{self.name}")
+        servers = split_servers(self.config.bootstrap_servers)
+        self._kwargs = producer_kwargs(self._options, servers, f"flumed-{self.name}")
         await super().start()
 
     async def stop(self) -> None:
@@ -128,9 +131,18 @@ class KafkaSink(Sink):
                 log.warning("Sink %s: Kafka producer did not close cleanly: %s", self.name, e)
         await super().stop()
 
-    async def _connect(self) -> AIOKafkaProducer:
+    @property
+    def batch_size(self) -> int:
+        return self.config.flumeBatchSize
+
+    async def prepare(self) -> None:
+        """Connect before the take (an unreachable broker costs the channel nothing).
+
+        Raises:
+            DeliveryError: Kafka cannot be reached (counted in ConnectionFailedCount).
+        """
         if self._producer is not None:
-            return self._producer
+            return
         producer = AIOKafkaProducer(**self._kwargs)
         try:
             await producer.start()
@@ -143,45 +155,27 @@ class KafkaSink(Sink):
         self.counter.ConnectionCreatedCount += 1
         log.info("Sink %s connected to Kafka at %s.", self.name, self.config.bootstrap_servers)
         self._producer = producer
-        return producer
 
-    async def process(self) -> Status:
-        """One transaction: take up to flumeBatchSize, send, wait for every ack, commit.
+    async def deliver(self, events: list[Event]) -> None:
+        """Send the batch and wait for every ack (acks=all by default).
 
         Raises:
-            DeliveryError: Kafka is unreachable or did not acknowledge the batch in time
-                (the take is rolled back).
+            DeliveryError: Kafka did not acknowledge the batch in time (the take is
+                rolled back).
         """
-        producer = await self._connect()
-        n = self.config.flumeBatchSize
+        producer = self._producer
+        assert producer is not None, "prepare() first"
         counter = self.counter
-        async with self.channel.transaction() as tx:
-            events = await tx.take_batch(n, TAKE_TIMEOUT)
-            counter.batch(len(events), n)
-            if not events:
-                return Status.BACKOFF
-            counter.EventDrainAttemptCount += len(events)
-            t0 = time.perf_counter()
-            try:
-                async with asyncio.timeout(self._deadline):
-                    await produce(
-                        producer,
-                        self._records(events),
-                        self._partitioner,
-                        self._max_request,
-                        self._batch_size,
-                        self._bad_record,
-                    )
-            except (KafkaError, OSError, TimeoutError) as e:
-                counter.EventWriteFail += 1
-                counter.RollbackCount += 1
-                raise DeliveryError(
-                    f"Sink {self.name}: Kafka did not acknowledge a batch of {len(events)} "
-                    f"events ({describe(e)}); it stays in the channel"
-                ) from e
-            counter.KafkaEventSendTimer += elapsed_ms(t0)
-        counter.EventDrainSuccessCount += len(events)
-        return Status.READY
+        try:
+            ms = await self._publisher.publish(producer, self._records(events), self._bad_record)
+        except PublishError as e:
+            counter.EventWriteFail += 1
+            counter.RollbackCount += 1
+            raise DeliveryError(
+                f"Sink {self.name}: Kafka did not acknowledge a batch of {len(events)} "
+                f"events ({e}); it stays in the channel"
+            ) from e
+        counter.KafkaEventSendTimer += ms
 
     def _bad_record(self, what: str, dropped: bool = False) -> None:
         # Counted always, logged at most once a second; ERROR when an event is lost.
@@ -218,17 +212,7 @@ class KafkaSink(Sink):
                 topic = self._fallback_topic
             partition = static_pid
             if pid_header is not None:
-                v = h.get(pid_header)
-                if v is not None:
-                    try:
-                        partition = int(v)
-                        if partition < 0:
-                            raise ValueError
-                    except ValueError:
-                        partition = static_pid
-                        self._bad_record(
-                            f"header {pid_header}={v!r} is not a partition number; ignored"
-                        )
+                partition = header_partition(h, pid_header, static_pid, self._bad_record)
             ts = None
             if ts_header is not None:
                 v = h.get(ts_header)

@@ -6,6 +6,7 @@ sinks aside with exponential backoff), `selector.maxTimeOut` (ms, the backoff ca
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -15,7 +16,9 @@ from typing import Literal
 from flumed.config.keys import key
 from flumed.errors import DeliveryError, FlumedError
 from flumed.sinks.base import Sink, Status
-from flumed.sinks.runner import SinkProcessor
+from flumed.sinks.runner import Penalties, SinkProcessor
+
+log = logging.getLogger("flumed.sinks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +36,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
     def __init__(self, name: str, sinks: Sequence[Sink], config: LoadBalanceConfig) -> None:
         super().__init__(name, sinks, config)
         self._next = 0
-        self._failures: dict[str, int] = {s.name: 0 for s in sinks}
-        self._until: dict[str, float] = {s.name: 0.0 for s in sinks}
+        self._penalties = Penalties(sinks, config.maxTimeOut / 1000, group=name)
 
     def _order(self) -> list[Sink]:
         if self.config.selector == "random":
@@ -46,7 +48,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             order = self.sinks[i:] + self.sinks[:i]
         if self.config.backoff:
             now = time.monotonic()
-            order = [s for s in order if self._until[s.name] <= now]
+            order = [s for s in order if self._penalties.available(s, now)]
         return order
 
     async def process(self) -> Status:
@@ -57,14 +59,22 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             except FlumedError as e:
                 errors.append(f"{s.name}: {e}")
                 if self.config.backoff:
-                    n = self._failures[s.name] = self._failures[s.name] + 1
-                    cap = self.config.maxTimeOut / 1000
-                    self._until[s.name] = time.monotonic() + min(cap, float(1 << min(n, 30)))
+                    self._penalties.failed(s, e)
+                else:
+                    log.warning("Sink group %s: sink %s failed, trying the next: %s",
+                                self.name, s.name, e)  # fmt: skip
                 continue
-            self._failures[s.name] = 0
+            self._penalties.succeeded(s)
             return status
         raise DeliveryError(
             f"All sinks of group {self.name} failed: " + "; ".join(errors)
             if errors
             else f"All sinks of group {self.name} are backed off."
         )
+
+    def problems(self) -> list[tuple[str, float]]:
+        """For /health: sinks of the group set aside (backoff) after failing."""
+        return [
+            (f"sink {name} is failing and backed off: {cause}", since)
+            for name, cause, since in self._penalties.backing_off()
+        ]

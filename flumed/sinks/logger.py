@@ -15,7 +15,7 @@ log = logging.getLogger("flumed.sinks.logger")
 @dataclass(frozen=True, slots=True)
 class LoggerSinkConfig:
     maxBytesToLog: int = key(16, ge=0, doc="Body bytes shown per event.")
-    batchSize: int = key(100, ge=1)
+    batchSize: int = key(100, ge=1, doc="Events taken per transaction.")
 
 
 def _hex_dump(body: bytes) -> str:
@@ -31,7 +31,6 @@ class LoggerSink(BatchSink):
     """
 
     Config = LoggerSinkConfig
-    description = "Logs events at INFO."
     config: LoggerSinkConfig
 
     async def deliver(self, events: list[Event]) -> None:

@@ -11,12 +11,11 @@ from flumed.sinks.base import BatchSink
 
 @dataclass(frozen=True, slots=True)
 class NullSinkConfig:
-    batchSize: int = key(100, ge=1)
+    batchSize: int = key(100, ge=1, doc="Events taken per transaction.")
 
 
 class NullSink(BatchSink):
     Config = NullSinkConfig
-    description = "Discards every event."
     config: NullSinkConfig
 
     async def deliver(self, events: list[Event]) -> None:

@@ -10,13 +10,14 @@ the sink's take already waited for events, so the runner calls again at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from flumed.errors import FlumedError
+from flumed.lifecycle import Backoff, stop_task
+from flumed.logs import RateLimitedLog
 from flumed.sinks.base import Sink, Status
 
 log = logging.getLogger("flumed.sinks")
@@ -50,6 +51,56 @@ class DefaultSinkProcessor(SinkProcessor):
         return await self.sinks[0].process()
 
 
+class Penalties:
+    """Sinks of a group set aside after a failure, for min(2^failures * 1 s, maximum)
+    (Flume's FailoverSinkProcessor and backoff of LoadBalancingSinkProcessor).
+
+    Failures are visible: each sink put into backoff is logged (rate-limited per sink,
+    naming the group, the sink and the cause), its return is logged once, and
+    `backing_off()` tells the health check which sinks are out and since when.
+    """
+
+    def __init__(self, sinks: Sequence[Sink], maximum: float, group: str = "") -> None:
+        self.group = group
+        self._backoff = {s.name: Backoff(1.0, maximum, exponential=True) for s in sinks}
+        self._until = dict.fromkeys(self._backoff, 0.0)
+        #: sink name -> (cause, Unix time of the first failure of its streak)
+        self.failing: dict[str, tuple[str, float]] = {}
+        self._warn = {name: RateLimitedLog(log, interval=5.0) for name in self._backoff}
+
+    def available(self, sink: Sink, now: float) -> bool:
+        return self._until[sink.name] <= now
+
+    def failed(self, sink: Sink, cause: object = "") -> None:
+        delay = self._backoff[sink.name].next_delay()
+        self._until[sink.name] = time.monotonic() + delay
+        since = self.failing.get(sink.name, ("", time.time()))[1]
+        self.failing[sink.name] = (str(cause) or "delivery failed", since)
+        self._warn[sink.name].warn(
+            "Sink group %s: sink %s failed, backing off for %.0fs: %s",
+            self.group,
+            sink.name,
+            delay,
+            cause,
+        )
+
+    def succeeded(self, sink: Sink) -> None:
+        b = self._backoff[sink.name]
+        if b.consecutive:
+            log.info(
+                "Sink group %s: sink %s delivers again after %d failures.",
+                self.group,
+                sink.name,
+                b.consecutive,
+            )
+        b.reset()
+        self.failing.pop(sink.name, None)
+
+    def backing_off(self) -> list[tuple[str, str, float]]:
+        """(sink, cause, since) for every sink whose last attempt failed."""
+        return [(name, cause, since) for name, (cause, since) in self.failing.items()]
+
+
 class SinkRunner:
     """Owns the task that drives one sink processor."""
 
@@ -58,8 +109,13 @@ class SinkRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._drain = True
-        self._last_error_log = 0.0
-        self.failures = 0
+        self._backoff = Backoff(BACKOFF_INCREMENT, MAX_BACKOFF)
+        # One line per failure streak every few seconds, not one per retry.
+        self._warn = RateLimitedLog(log, interval=5.0)
+        #: Unix time of the first failure of the current streak (None while delivering),
+        #: and that streak's last error: read by the health check.
+        self.failing_since: float | None = None
+        self.last_error = ""
 
     @property
     def name(self) -> str:
@@ -70,43 +126,33 @@ class SinkRunner:
         self._task = asyncio.create_task(self._run(), name=f"sink-runner-{self.name}")
 
     async def _run(self) -> None:
-        consecutive = 0
+        backoff = self._backoff
         while True:
             try:
                 status = await self.processor.process()
             except FlumedError as e:
-                self.failures += 1
-                consecutive += 1
-                self._log_failure(e)
-                if not e.retriable:
-                    consecutive = int(MAX_BACKOFF / BACKOFF_INCREMENT)
-                await self._backoff(min(consecutive * BACKOFF_INCREMENT, MAX_BACKOFF))
+                self._failed(e)
+                self._warn.warn("Sink %s could not deliver, backing off: %s", self.name, e)
+                await backoff.wait(self._stopping, None if e.retriable else backoff.saturate())
                 if self._stopping.is_set():
                     return
                 continue
             except Exception as e:
-                self.failures += 1
-                consecutive = int(MAX_BACKOFF / BACKOFF_INCREMENT)
+                self._failed(e)
                 log.exception("Sink runner %s: unexpected error; backing off.", self.name)
-                del e
-                await self._backoff(MAX_BACKOFF)
+                await backoff.wait(self._stopping, backoff.saturate())
                 if self._stopping.is_set():
                     return
                 continue
-            consecutive = 0
+            backoff.reset()
+            self.failing_since = None
             if self._stopping.is_set() and (status is Status.BACKOFF or not self._drain):
                 return  # drained, or asked to stop after this batch
 
-    def _log_failure(self, e: Exception) -> None:
-        # One line per failure streak every few seconds, not one per retry.
-        now = time.monotonic()
-        if now - self._last_error_log >= 5.0:
-            self._last_error_log = now
-            log.warning("Sink %s could not deliver, backing off: %s", self.name, e)
-
-    async def _backoff(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    def _failed(self, e: Exception) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error = str(e) or type(e).__name__
 
     async def stop(self, grace: float, drain: bool = True) -> None:
         """Stop the runner: with `drain`, once the channels are empty; without, after the
@@ -116,11 +162,4 @@ class SinkRunner:
         self._drain = drain
         self._stopping.set()
         task, self._task = self._task, None
-        if task is None:
-            return
-        done, _ = await asyncio.wait({task}, timeout=grace)
-        if not done:
-            log.warning("Sink runner %s did not drain within %.1fs; cancelling.", self.name, grace)
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task, grace, who=f"Sink runner {self.name}")

@@ -7,12 +7,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from flumed.counters import SourceCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.lifecycle import Component, LifecycleState, Status
+from flumed.lifecycle import Backoff, Component, LifecycleState, stop_task
+from flumed.lifecycle import Status as Status
 from flumed.routing.processor import ChannelProcessor
 
 log = logging.getLogger("flumed.sources")
@@ -28,18 +29,13 @@ class Source(Component):
     """
 
     processor: ChannelProcessor
+    counter: SourceCounter
+    #: The counter class built for this source (a subclass of SourceCounter may add names).
+    counter_class: ClassVar[type[SourceCounter]] = SourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = SourceCounter(name)
-
-    async def start(self) -> None:
-        await super().start()
-        self.counter.start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.counter.stop()
+        self.counter = self.counter_class(name)
 
     async def deliver(
         self,
@@ -120,7 +116,7 @@ class PollableSource(Source):
         self._task = asyncio.create_task(self._run(), name=f"source-{self.name}")
 
     async def _run(self) -> None:
-        consecutive = 0
+        backoff = Backoff(self.backoff_increment_ms / 1000, self.max_backoff_ms / 1000)
         while not self._stopping.is_set():
             try:
                 status = await self.process()
@@ -128,25 +124,16 @@ class PollableSource(Source):
                 log.exception("Source %s: process() failed; backing off.", self.name)
                 self.counter.GenericProcessingFail += 1
                 status = Status.BACKOFF
-                consecutive = max(consecutive, self.max_backoff_ms // self.backoff_increment_ms)
+                backoff.saturate()
             if status is Status.READY:
-                consecutive = 0
+                backoff.reset()
                 continue
-            consecutive += 1
-            delay = min(consecutive * self.backoff_increment_ms, self.max_backoff_ms) / 1000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await backoff.wait(self._stopping)
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            # A process() call in flight finishes its batch; a stuck one is cancelled.
-            done, _ = await asyncio.wait({task}, timeout=5)
-            if not done:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                self.state = LifecycleState.FAILED
+        task, self._task = self._task, None
+        # A process() call in flight finishes its batch; a stuck one is cancelled.
+        if await stop_task(task, who=f"Source {self.name}") is not None:
+            self.state = LifecycleState.FAILED
         await super().stop()

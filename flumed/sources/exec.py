@@ -79,7 +79,6 @@ class ExecSource(Source):
     """
 
     Config = ExecConfig
-    description = "Lines of a command's standard output."
     config: ExecConfig
 
     #: Seconds between SIGTERM and SIGKILL of the child's process group on stop.

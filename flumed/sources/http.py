@@ -33,22 +33,30 @@ and OPTIONS. All events of one request go into the channel as one batch.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
-import ssl
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import key, listen_claims, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
-from flumed.logs import RateLimitedLog
+from flumed.http_server import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_HTTP_IDLE_TIMEOUT,
+    GuardedConnection,
+    guard_middleware,
+    guarded_factory,
+)
 from flumed.registry import import_from_string
-from flumed.sources.base import Source
-from flumed.tls import check_tls, start_server_context
+from flumed.sources.server import ListenerKeys, ListeningSource, kw_only
+from flumed.tls import TLS_IGNORED, ServerTlsKeys
 
 log = logging.getLogger("flumed.sources.http")
 
@@ -56,6 +64,14 @@ DEFAULT_HANDLER = "org.apache.flume.source.http.JSONHandler"
 #: How long `stop()` lets requests in flight finish.
 STOP_GRACE = 5.0
 MAX_BLOB_LENGTH = 100_000_000
+#: Defaults of the request limits.
+DEFAULT_MAX_EVENTS = 100_000
+DEFAULT_MAX_HEADERS = 1000
+#: A JSON body longer than this is decoded element by element, yielding to the loop
+#: every JSON_SLICE events, and refused as soon as it passes maxEventsPerRequest.
+JSON_INCREMENTAL = 256 << 10
+JSON_SLICE = 2000
+_WS = re.compile(r"[ \t\n\r]*")
 
 
 class HTTPBadRequest(Exception):
@@ -127,6 +143,10 @@ class JSONHandler:
     same); a null header is left out; a missing body is empty.
     """
 
+    #: Set by the source from its keys (None: no limit).
+    max_events: int | None = None
+    max_headers: int | None = None
+
     def __init__(self, config: dict[str, str]) -> None:
         if config:
             raise ValueError(f"JSONHandler takes no settings, got {', '.join(config)}")
@@ -143,19 +163,74 @@ class JSONHandler:
             text = _decode(raw, charset)
         except UnicodeDecodeError as e:
             raise HTTPBadRequest(f"request body is not valid {charset.upper()}: {e}") from None
+        encode = _encoder(charset)
         try:
-            data = json.loads(text)
+            if len(text) <= JSON_INCREMENTAL:
+                data = json.loads(text)
+                if not isinstance(data, list):
+                    raise HTTPBadRequest(
+                        'expected a JSON array of events [{"headers": {...}, "body": "..."}], '
+                        f"got a JSON {type(data).__name__}"
+                    )
+                self._check_count(len(data))
+                return self._events(data, 0, encode)
+            return await self._parse_incrementally(text, encode)
         except ValueError as e:
             raise HTTPBadRequest(f"Request has invalid JSON syntax: {e}") from None
-        if not isinstance(data, list):
+        except RecursionError:
+            raise HTTPBadRequest("Request has invalid JSON: nested too deeply") from None
+
+    def _check_count(self, n: int) -> None:
+        if self.max_events is not None and n > self.max_events:
+            raise HTTPTooLarge(
+                f"request of {n} or more events exceeds maxEventsPerRequest {self.max_events}"
+            )
+
+    async def _parse_incrementally(self, text: str, encode: Any) -> list[Event]:
+        """A long body, decoded one array element at a time: it yields to the loop every
+        JSON_SLICE events and stops at the first event past the limit, so that neither
+        time nor memory is spent on the rest. Raises ValueError on bad JSON."""
+        decode = json.JSONDecoder().raw_decode
+        skip = _WS.match
+        pos = skip(text, 0).end()  # type: ignore[union-attr]
+        if text[pos : pos + 1] != "[":
+            first = decode(text, pos)[0] if pos < len(text) else None
             raise HTTPBadRequest(
                 'expected a JSON array of events [{"headers": {...}, "body": "..."}], '
-                f"got a JSON {type(data).__name__}"
+                f"got a JSON {type(first).__name__}"
             )
-        encode = _encoder(charset)
+        pos = skip(text, pos + 1).end()  # type: ignore[union-attr]
+        events: list[Event] = []
+        items: list[Any] = []
+        if text[pos : pos + 1] == "]":
+            pos += 1
+        else:
+            while True:
+                item, pos = decode(text, pos)
+                items.append(item)
+                if len(items) == JSON_SLICE:
+                    self._check_count(len(events) + len(items))
+                    events += self._events(items, len(events), encode)
+                    items = []
+                    await asyncio.sleep(0)
+                pos = skip(text, pos).end()  # type: ignore[union-attr]
+                sep = text[pos : pos + 1]
+                pos = skip(text, pos + 1).end()  # type: ignore[union-attr]
+                if sep == "]":
+                    break
+                if sep != ",":
+                    raise ValueError(f"expected ',' or ']' at char {pos - 1}")
+        if text[pos:].strip():
+            raise ValueError(f"extra data at char {pos}")
+        self._check_count(len(events) + len(items))
+        return events + self._events(items, len(events), encode)
+
+    def _events(self, data: list[Any], first: int, encode: Any) -> list[Event]:
+        """Events from decoded JSON items (`first`: the index of data[0] in the request)."""
+        max_headers = self.max_headers if self.max_headers is not None else 1 << 62
         events: list[Event] = []
         add = events.append
-        for i, item in enumerate(data):
+        for i, item in enumerate(data, first):
             if type(item) is not dict:
                 raise HTTPBadRequest(f"event {i}: expected an object with headers and body")
             h = item.get("headers")
@@ -164,6 +239,10 @@ class JSONHandler:
                 h = {}
             elif type(h) is not dict:
                 raise HTTPBadRequest(f"event {i}: headers must be an object of strings")
+            elif len(h) > max_headers:
+                raise HTTPTooLarge(
+                    f"event {i}: {len(h)} headers exceed maxHeadersPerEvent {max_headers}"
+                )
             elif not all(type(v) is str for v in h.values()):
                 h = {k: s for k, v in h.items() if (s := _header_value(k, v, i)) is not None}
             if type(b) is not str:
@@ -240,7 +319,7 @@ def builtin_handler(name: str) -> type | None:
 
 # -- the source --------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class HTTPSourceConfig:
+class HTTPSourceConfig(ListenerKeys, ServerTlsKeys):
     port: int = key(ge=0, le=65535)
     bind: str = key("0.0.0.0")
     # `handler` and `handler.*` in one family: "" is the handler itself (see handler_name).
@@ -248,27 +327,45 @@ class HTTPSourceConfig:
         "handler", doc="JSONHandler | BlobHandler | a Python class path; handler.* settings"
     )
     maxRequestSize: int = key(16 * 1024 * 1024, ge=1, doc="Longest body in bytes (else 413).")
-    ssl: bool = key(False, aliases=("enableSSL",))
-    certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
-    key_file: str | None = key(None, name="key", doc="PEM private key file, with ssl.")
-    key_password: str | None = key(None, name="key-password")
-    keystore: str | None = key(None, doc="Refused: Java keystores are not read.")
-    exclude_protocols: list[str] = key(
-        ["SSLv3"], name="exclude-protocols", aliases=("excludeProtocols",)
+    maxEventsPerRequest: int = key(
+        DEFAULT_MAX_EVENTS, ge=1, doc="Most events in one request (else 413, nothing committed)."
     )
-    include_protocols: list[str] = key([], name="include-protocols")
-    jetty_pool: dict[str, Any] = prefix("QueuedThreadPool")
-    jetty_http: dict[str, Any] = prefix("HttpConfiguration")
-    jetty_ssl: dict[str, Any] = prefix("SslContextFactory")
-    jetty_connector: dict[str, Any] = prefix("ServerConnector")
+    maxHeadersPerEvent: int = key(
+        DEFAULT_MAX_HEADERS, ge=1, doc="Most headers of one event (else 413, nothing committed)."
+    )
+    header_timeout: float = key(
+        DEFAULT_HEADER_TIMEOUT,
+        name="header-timeout",
+        ge=0.001,
+        doc="Seconds from a request's first byte to the end of its headers.",
+    )
+    body_timeout: float = key(
+        DEFAULT_BODY_TIMEOUT,
+        name="body-timeout",
+        ge=0.001,
+        doc="Seconds to read (and decode) a request's body (else 408).",
+    )
+    idle_timeout: float = kw_only(
+        key(
+            DEFAULT_HTTP_IDLE_TIMEOUT,
+            name="idle-timeout",
+            ge=0,
+            doc="Seconds a connection may wait for its next request; 0: never.",
+        )
+    )
 
-    IGNORED = ignored(
-        "keystore-password",
-        "keystorePassword",
-        "keystore-type",
-        "exclude-cipher-suites",
-        "include-cipher-suites",
-    )
+    IGNORED = {
+        **TLS_IGNORED,
+        **dict.fromkeys(
+            (
+                "QueuedThreadPool.*",
+                "HttpConfiguration.*",
+                "SslContextFactory.*",
+                "ServerConnector.*",
+            ),
+            "is a Jetty setting; flumed's HTTP server is not Jetty, so it is ignored",
+        ),
+    }
 
     @property
     def handler_name(self) -> str:
@@ -283,10 +380,7 @@ class HTTPSourceConfig:
         return {k: str(v) for k, v in self.handler.items() if k != drop}
 
     def check(self) -> list[str]:
-        problems = check_tls(
-            self.ssl, self.certificate, self.keystore, self.include_protocols,
-            self.exclude_protocols,
-        )  # fmt: skip
+        problems = self.tls_problems()
         name = self.handler_name
         cls = builtin_handler(name)
         if cls is not None:
@@ -299,25 +393,61 @@ class HTTPSourceConfig:
                 f"key 'handler': unknown handler {name!r}; use JSONHandler, "
                 "BlobHandler or a Python class path (module:Class)"
             )
+        else:
+            problems.extend(_check_handler_class(name, self.handler_settings))
         return problems
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
 
-class HTTPSource(Source):
-    """An aiohttp server; each request is parsed by the handler and committed as one batch."""
+
+def _check_handler_class(name: str, settings: dict[str, str]) -> list[str]:
+    """A class-path handler is imported and built at validate as at start (config check)."""
+    if name.lower().startswith("org.apache.flume."):
+        return [
+            f"key 'handler': Flume's {name} is not available in flumed; "
+            "available handlers: JSONHandler, BlobHandler, or a Python class path"
+        ]
+    try:
+        cls = import_from_string(name)
+    except (ImportError, AttributeError, ValueError) as e:
+        return [
+            f"key 'handler': cannot import {name!r}: {e} (a handler is a Python class, "
+            "module:Class; Java handler classes do not run in flumed)"
+        ]
+    if not callable(getattr(cls, "parse", None)):
+        return [f"key 'handler': {name!r} has no parse(request) method"]
+    try:
+        cls(settings)
+    except Exception as e:  # noqa: BLE001 - a third-party constructor may raise anything
+        return [f"key 'handler': cannot build {name!r}: {e}"]
+    return []
+
+
+class HTTPSource(ListeningSource):
+    """An aiohttp server; each request is parsed by the handler and committed as one batch.
+
+    Accepted by flumed's own listener (flumed.sources.server: maxConnections, EMFILE) and
+    guarded by flumed.http_server (idle-timeout, header-timeout); body-timeout is applied
+    here around the handler.
+    """
 
     Config = HTTPSourceConfig
-    description = "Events over HTTP POST (Flume's JSON or blob handlers), optional TLS."
     config: HTTPSourceConfig
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
         self._runner: web.AppRunner | None = None
-        self._warn = RateLimitedLog(log)
+        self._guards: dict[Any, GuardedConnection] = {}
         self.handler: HTTPSourceHandler | None = None
-        self.port = 0
-        for p in ("jetty_pool", "jetty_http", "jetty_ssl", "jetty_connector"):
-            for k in getattr(config, p):
-                log.warning("Source %s: Jetty key %r has no meaning in flumed; ignored.", name, k)
+
+    @property
+    def header_timeout(self) -> float:
+        return self.config.header_timeout
+
+    @property
+    def http_idle_timeout(self) -> float:
+        return self.config.idle_timeout
 
     def _make_handler(self) -> HTTPSourceHandler:
         cfg = self.config
@@ -335,40 +465,28 @@ class HTTPSource(Source):
             raise ComponentStartError(
                 f"Source {self.name}: key 'handler': {name!r} has no parse(request) method"
             )
+        if isinstance(handler, JSONHandler):
+            handler.max_events = cfg.maxEventsPerRequest
+            handler.max_headers = cfg.maxHeadersPerEvent
         return handler
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        cfg = self.config
-        if not cfg.ssl:
-            return None
-        assert cfg.certificate is not None
-        return start_server_context(
-            f"Source {self.name}",
-            cfg.certificate,
-            cfg.key_file,
-            cfg.key_password,
-            cfg.include_protocols,
-            cfg.exclude_protocols,
-        )
 
     async def start(self) -> None:
         cfg = self.config
         self.handler = self._make_handler()
-        ctx = self._ssl_context()
-        app = web.Application(client_max_size=cfg.maxRequestSize)
+        ctx = cfg.server_ssl(f"Source {self.name}")
+        app = web.Application(
+            client_max_size=cfg.maxRequestSize, middlewares=[guard_middleware(self)]
+        )
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE)
         await runner.setup()
         try:
-            site = web.TCPSite(
-                runner, cfg.bind, cfg.port, ssl_context=ctx, reuse_address=True, backlog=1024
-            )
-            await site.start()
+            assert runner.server is not None
+            await self._listen(cfg.bind, [cfg.port], guarded_factory(self, runner.server), ctx)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = int(runner.addresses[0][1])
         log.info(
             "Source %s listening on %s://%s:%d/.",
             self.name,
@@ -379,31 +497,73 @@ class HTTPSource(Source):
         await super().start()
 
     async def stop(self) -> None:
+        self._stopping.set()
+        await self._close_listeners()
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            # Stops accepting, lets requests in flight finish (up to STOP_GRACE s).
+            # Lets requests in flight finish (up to STOP_GRACE s), then closes connections.
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+        for g in list(self._connections):
+            if g.transport is not None:
+                g.transport.abort()
         await super().stop()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.method in ("TRACE", "OPTIONS"):
             return web.Response(status=403, text="Method not allowed.\n")
         counter = self.counter
+        cfg = self.config
         assert self.handler is not None
+        length = request.content_length
         try:
-            events = await self.handler.parse(request)
+            if length is not None and length > cfg.maxRequestSize:
+                # Refused from its headers: nothing of the body is read or waited for.
+                raise HTTPTooLarge(
+                    f"Content-Length {length} exceeds maxRequestSize {cfg.maxRequestSize}"
+                )
+            async with asyncio.timeout(cfg.body_timeout):
+                events = await self.handler.parse(request)
+            if len(events) > cfg.maxEventsPerRequest:
+                raise HTTPTooLarge(
+                    f"request of {len(events)} events exceeds maxEventsPerRequest "
+                    f"{cfg.maxEventsPerRequest}"
+                )
         except HTTPTooLarge as e:
             counter.EventReadFail += 1
-            self._warn.warn("Source %s: refused a request (413): %s", self.name, e)
-            return web.Response(status=413, text=f"Request too large. {e}\n")
+            self._warn("Source %s: refused a request (413): %s", self.name, e, kind="limit")
+            return _closing(web.Response(status=413, text=f"Request too large. {e}\n"))
         except HTTPBadRequest as e:
             counter.EventReadFail += 1
-            self._warn.warn("Source %s: bad request from %s: %s", self.name, request.remote, e)
+            self._warn("Source %s: bad request from %s: %s", self.name, request.remote, e)
             return web.Response(status=400, text=f"Bad request from client. {e}\n")
-        except Exception as e:
+        except TimeoutError:
             counter.EventReadFail += 1
-            log.exception("Source %s: handler failed on a request.", self.name)
+            counter.ConnectionTimedOutCount += 1
+            self._warn(
+                "Source %s: request from %s not read within body-timeout %gs (408).",
+                self.name,
+                request.remote,
+                cfg.body_timeout,
+                kind="timeout",
+            )
+            return _closing(web.Response(status=408, text="Request body too slow.\n"))
+        except RecursionError:
+            counter.EventReadFail += 1
+            self._warn(
+                "Source %s: bad request from %s: nested too deeply", self.name, request.remote
+            )
+            return web.Response(status=400, text="Bad request from client. Nested too deeply.\n")
+        except Exception as e:  # noqa: BLE001 - answered 500 and logged
+            # A custom handler's own failure: one line (rate-limited), no traceback flood.
+            counter.EventReadFail += 1
+            self._warn(
+                "Source %s: handler failed on a request from %s: %r",
+                self.name,
+                request.remote,
+                e,
+                kind="handler",
+            )
             return web.Response(status=500, text=f"Handler threw unexpected exception. {e}\n")
         n = len(events)
         counter.AppendBatchReceivedCount += 1
@@ -413,7 +573,9 @@ class HTTPSource(Source):
                 await self.processor.process_batch(events)
             except ChannelFullError as e:
                 counter.ChannelWriteFail += 1
-                self._warn.warn("Source %s: channel full, answered 503: %s", self.name, e)
+                self._warn(
+                    "Source %s: channel full, answered 503: %s", self.name, e, kind="channel"
+                )
                 return web.Response(
                     status=503,
                     headers={"Retry-After": "1"},
@@ -421,7 +583,9 @@ class HTTPSource(Source):
                 )
             except ChannelError as e:
                 counter.ChannelWriteFail += 1
-                self._warn.warn("Source %s: channel error, answered 500: %s", self.name, e)
+                self._warn(
+                    "Source %s: channel error, answered 500: %s", self.name, e, kind="channel"
+                )
                 return web.Response(status=500, text=f"Error appending event to channel. {e}\n")
             except Exception as e:
                 counter.GenericProcessingFail += 1
@@ -430,3 +594,9 @@ class HTTPSource(Source):
         counter.AppendBatchAcceptedCount += 1
         counter.EventAcceptedCount += n
         return web.Response(status=200)
+
+
+def _closing(resp: web.Response) -> web.Response:
+    """An answer after which the connection closes (its body may be unread)."""
+    resp.force_close()
+    return resp

@@ -4,7 +4,7 @@ Keys as Flume's: `kafka.bootstrap.servers`, `kafka.topics` (comma-separated) or
 `kafka.topics.regex`, `kafka.consumer.group.id` (flume), `batchSize` (1000),
 `batchDurationMillis` (1000), `useFlumeEventFormat`, `setTopicHeader`/`topicHeader`,
 `header.<flume header> = <kafka header>`, `backoffSleepIncrement`/`maxBackoffSleep`,
-and `kafka.consumer.*` in Kafka's spelling (see flumed.kafka_common).
+and `kafka.consumer.*` in Kafka's spelling (see flumed.kafka.options).
 
 Every event gets the headers `topic` (unless setTopicHeader = false), `partition`,
 `offset`, `timestamp` (the record's) and `key` (when the record has one). Offsets are
@@ -27,20 +27,22 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, prefix, renamed
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
-from flumed.kafka_common import (
+from flumed.kafka.counters import KafkaSourceCounter, elapsed_ms
+from flumed.kafka.options import (
     ClientOptions,
-    KafkaSourceCounter,
     client_options,
-    decode_flume_event,
-    describe,
-    elapsed_ms,
-    getmany,
-    log_options,
-    servers_problems,
+    client_problems,
     split_servers,
+)
+from flumed.kafka.records import (
+    CommitError,
+    commit_offsets,
+    decode_record,
+    getmany,
+    partitions_text,
 )
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import PollableSource, Status
@@ -64,7 +66,12 @@ class KafkaSourceConfig:
     header: dict[str, Any] = prefix("header", doc="header.<flume header> = <kafka header>")
     consumer: dict[str, Any] = prefix("kafka.consumer", doc="Kafka consumer keys.")
 
-    IGNORED = ignored("migrateZookeeperOffsets", "zookeeperConnect")
+    RENAMED = renamed({"topic": "kafka.topics", "groupId": "kafka.consumer.group.id"})
+    IGNORED = {
+        **ignored("migrateZookeeperOffsets"),
+        "zookeeperConnect": "is deprecated; flumed does not look the brokers up in ZooKeeper "
+        "(set 'kafka.bootstrap.servers')",
+    }
 
     def topic_list(self) -> list[str]:
         return [t.strip() for item in self.topics or () for t in item.split(",") if t.strip()]
@@ -73,10 +80,7 @@ class KafkaSourceConfig:
         return client_options(self.consumer, "consumer")
 
     def check(self) -> list[str]:
-        problems = servers_problems(self.bootstrap_servers)
-        opts = self.options()
-        problems += opts.problems
-        log_options([opts])
+        problems = client_problems(self.bootstrap_servers, self.options())
         if self.topics_regex:
             try:
                 re.compile(self.topics_regex)
@@ -133,14 +137,12 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.source._generation += 1
         if revoked:
-            log.info("Source %s: partitions revoked: %s.", self.source.name, _tps(revoked))
+            log.info(
+                "Source %s: partitions revoked: %s.", self.source.name, partitions_text(revoked)
+            )
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("Source %s: partitions assigned: %s.", self.source.name, _tps(assigned))
-
-
-def _tps(tps: set[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(tps)) or "none"
+        log.info("Source %s: partitions assigned: %s.", self.source.name, partitions_text(assigned))
 
 
 def _offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
@@ -155,13 +157,12 @@ class KafkaSource(PollableSource):
     """Consumes Kafka topics into the channel(s); see the module docstring."""
 
     Config = KafkaSourceConfig
-    description = "Consumes Kafka topics."
     config: KafkaSourceConfig
     counter: KafkaSourceCounter
+    counter_class = KafkaSourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = KafkaSourceCounter(name)
         self.backoff_increment_ms = config.backoffSleepIncrement
         self.max_backoff_ms = config.maxBackoffSleep
         self._options = config.options()
@@ -301,24 +302,17 @@ class KafkaSource(PollableSource):
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit offsets of partitions still assigned. A failure only costs duplicates
         (the records are read again), so it is logged and counted, not raised."""
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not offsets:
-            return
-        t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self._commit_timeout):
-                await consumer.commit(offsets)
-        except (KafkaError, OSError, TimeoutError) as e:
+            self.counter.KafkaCommitTimer += await commit_offsets(
+                consumer, offsets, self._commit_timeout
+            )
+        except CommitError as e:
             self.counter.GenericProcessingFail += 1
-            self._warn.log(
-                logging.WARNING,
+            self._warn.warn(
                 "Source %s: committing offsets failed (%s); those records may be read again.",
                 self.name,
-                describe(e),
+                e,
             )
-            return
-        self.counter.KafkaCommitTimer += elapsed_ms(t0)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> list[tuple[TopicPartition, list[Any]]]:
         """Up to batchSize records, waiting at most batchDurationMillis in all; as
@@ -371,6 +365,10 @@ class KafkaSource(PollableSource):
             records.extend(recs)
         return _Pending(events, origin, records, offsets, generation)
 
+    def _unreadable(self, record: Any, why: str) -> None:
+        self.counter.EventReadFail += 1
+        self._warn.warn("Source %s: %s (is useFlumeEventFormat right?)", self.name, why)
+
     def _general(
         self,
         recs: list[Any],
@@ -385,28 +383,12 @@ class KafkaSource(PollableSource):
         avro = self.config.useFlumeEventFormat
         header_map = self._header_map
         for i, r in enumerate(recs, base):
-            body = r.value if r.value is not None else b""
-            if avro:
-                try:
-                    ev = decode_flume_event(body)
-                except ValueError as e:
-                    self.counter.EventReadFail += 1
-                    self._warn.log(
-                        logging.WARNING,
-                        "Source %s: record %s-%d@%d skipped: %s (is useFlumeEventFormat right?)",
-                        self.name,
-                        r.topic,
-                        r.partition,
-                        r.offset,
-                        e,
-                    )
-                    if origin is None:
-                        origin = list(range(len(events)))
-                    continue
-                h = ev.headers
-            else:
-                h = {}
-                ev = Event(body, h)
+            ev = decode_record(r, avro, self._unreadable)
+            if ev is None:
+                if origin is None:
+                    origin = list(range(len(events)))
+                continue
+            h = ev.headers
             if "timestamp" not in h:
                 h["timestamp"] = str(r.timestamp)
             if header_map and r.headers:

@@ -21,15 +21,17 @@ import codecs
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import ignored, key, listen_claims, prefix
 from flumed.event import Event
+from flumed.sources.server import ListenerKeys
 from flumed.sources.syslog_parser import INVALID, STATUS
-from flumed.sources.syslogtcp import TLS_IGNORED, SyslogTcpSource, check_tcp_keys
+from flumed.sources.syslogtcp import SyslogTcpSource, check_tcp_keys
 from flumed.sources.tcp import StreamConnection
+from flumed.tls import TLS_IGNORED, ServerTlsKeys
 
 
 @dataclass(frozen=True, slots=True)
-class MultiportSyslogTcpConfig:
+class MultiportSyslogTcpConfig(ListenerKeys, ServerTlsKeys):
     ports: list[str] = key(doc="Space-separated ports to listen on.")
     host: str = key("0.0.0.0", doc="Address to bind (Flume: all interfaces).")
     eventSize: int = key(2500, ge=10, doc="Longest message in bytes; longer ones are cut.")
@@ -40,19 +42,15 @@ class MultiportSyslogTcpConfig:
     batchSize: int = key(100, ge=1, doc="Most events per channel call.")
     clientIPHeader: str | None = key(None)
     clientHostnameHeader: str | None = key(None)
-    ssl: bool = key(False)
-    certificate: str | None = key(None)
-    key_file: str | None = key(None, name="key")
-    key_password: str | None = key(None, name="key-password")
-    keystore: str | None = key(None)
-    exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
-    include_protocols: list[str] = key([], name="include-protocols")
     format: dict[str, Any] = prefix("format")
 
     IGNORED = {**TLS_IGNORED, **ignored("readBufferBytes", "readBufferSize", "numProcessors")}
 
     def port_numbers(self) -> list[int]:
         return [int(p) for p in self.ports]
+
+    def claims(self) -> list[tuple[str, str]]:
+        return [c for p in self.port_numbers() for c in listen_claims(p, key="ports")]
 
     def check(self) -> list[str]:
         problems = check_tcp_keys(self)
@@ -80,7 +78,6 @@ class MultiportSyslogTcpConfig:
 
 class MultiportSyslogTcpSource(SyslogTcpSource):
     Config = MultiportSyslogTcpConfig
-    description = "Syslog over TCP on several ports (Flume's multiport rules)."
     config: MultiportSyslogTcpConfig
     flavor = "multiport"
 

@@ -5,68 +5,60 @@ Keys as Flume's NetcatSource: `bind`, `port`, `max-line-length` (512),
 `encoding` (accepted; bodies are the raw bytes).
 
 Push-back: while a batch waits for room in the channel the connection stops reading,
-so TCP pushes back on the sender. With ack-every-event, lines the channel refused
+so TCP pushes back on the sender; it stops reading too while the sender leaves more than
+1 MiB of answers unread (and is closed after `frame-timeout` of that). Limits and
+timeouts: `maxConnections`, `idle-timeout`, `frame-timeout` (flumed.sources.server).
+With ack-every-event, lines the channel refused
 after keep-alive are answered `FAILED: …` (the sender resends them); without it the
 batch is held and offered again until it fits: nothing is dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import key
+from flumed.config.keys import key, listen_claims
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
-from flumed.sources.base import Source
+from flumed.sources.server import ListenerKeys, ListeningSource
 from flumed.sources.tcp import STOP_GRACE, StreamConnection, close_connections, commit_held
 
 log = logging.getLogger("flumed.sources.netcat")
 
 
 @dataclass(frozen=True, slots=True)
-class NetcatConfig:
+class NetcatConfig(ListenerKeys):
     bind: str = key()
     port: int = key(ge=0, le=65535)
     max_line_length: int = key(512, name="max-line-length", ge=1)
     ack_every_event: bool = key(True, name="ack-every-event")
     encoding: str = key("utf-8")
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
 
-class NetcatSource(Source):
+
+class NetcatSource(ListeningSource):
     Config = NetcatConfig
-    description = "Lines over TCP, one event per line."
     config: NetcatConfig
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self._server: asyncio.base_events.Server | None = None
-        self._connections: set[StreamConnection] = set()
-        self._stopping = asyncio.Event()
-        self._warn = RateLimitedLog(log, interval=1.0)
-        self.port = config.port
+        self._log = RateLimitedLog(log, interval=1.0)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._stopping.clear()
-        self._server = await loop.create_server(
-            lambda: StreamConnection(self), self.config.bind, self.config.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("Source %s listening on %s:%d.", self.name, self.config.bind, self.port)
+        cfg = self.config
+        await self._listen(cfg.bind, [cfg.port], lambda: StreamConnection(self))
+        log.info("Source %s listening on %s:%d.", self.name, cfg.bind, self.port)
         await super().start()
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.close()
+        await self._close_listeners()
         await close_connections(self._connections, STOP_GRACE + 1)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
         await super().stop()
 
     async def _serve(self, conn: StreamConnection) -> None:
@@ -78,11 +70,13 @@ class NetcatSource(Source):
         rest = b""
         discarding = False  # inside an oversized line, up to its newline
         try:
-            while (data := await conn.read()) is not None:
+            progressed = True
+            while (data := await conn.read(bool(rest), progressed)) is not None:
                 if rest:
                     data = rest + data
                 lines = data.split(b"\n")
                 rest = lines.pop()
+                progressed = bool(lines)
                 errors = 0
                 if discarding and lines:
                     lines.pop(0)
@@ -98,7 +92,7 @@ class NetcatSource(Source):
                     discarding = True
                 if errors:
                     counter.EventReadFail += errors
-                    self._warn.warn(
+                    self._log.warn(
                         "Source %s: %d line(s) from %s exceed max-line-length %d and were "
                         "rejected.",
                         self.name,
@@ -106,8 +100,8 @@ class NetcatSource(Source):
                         conn.peer_name,
                         self.config.max_line_length,
                     )
-                    if ack and conn.transport is not None:
-                        conn.transport.write(
+                    if ack:
+                        conn.write(
                             b"FAILED: Event exceeds the maximum length (%d chars, including "
                             b"newline)\n" % self.config.max_line_length * errors
                         )
@@ -125,7 +119,7 @@ class NetcatSource(Source):
         if not ack:
             # No way to tell the sender: hold the batch until the channel takes it,
             # while the connection reads nothing more (TCP pushes back).
-            await commit_held(self, events, self._stopping, self._warn, conn.pause)
+            await commit_held(self, events, self._stopping, self._log, conn.pause)
             return
         try:
             await self.processor.process_batch(events)
@@ -135,10 +129,8 @@ class NetcatSource(Source):
             counter.EventAcceptedCount += accepted
             refused = len(events) - accepted
             msg = f"FAILED: {e}".replace("\n", " ").encode() + b"\n"
-            if conn.transport is not None:
-                conn.transport.write(b"OK\n" * accepted + msg * refused)
-            self._warn.warn("Source %s: channel refused %d events: %s", self.name, refused, e)
+            conn.write(b"OK\n" * accepted + msg * refused)
+            self._log.warn("Source %s: channel refused %d events: %s", self.name, refused, e)
             return
         counter.EventAcceptedCount += len(events)
-        if conn.transport is not None:
-            conn.transport.write(b"OK\n" * len(events))
+        conn.write(b"OK\n" * len(events))

@@ -23,12 +23,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from flumed.config.keys import key
-from flumed.counters import SourceCounter
+from flumed.config.keys import key, listen_claims
+from flumed.counters import UdpSourceCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
+from flumed.lifecycle import stop_task
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.netcatudp")
@@ -45,12 +47,8 @@ class NetcatUdpConfig:
     port: int = key(ge=0, le=65535)
     remoteAddressHeader: str | None = key(None, aliases=("remoteAddress",))
 
-
-class UdpSourceCounter(SourceCounter):
-    """Flume's source counters, plus the datagrams dropped while the channel was full."""
-
-    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
-    EventDroppedCount: int
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port, "udp")
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -69,16 +67,15 @@ class _Protocol(asyncio.DatagramProtocol):
 
 class NetcatUdpSource(Source):
     Config = NetcatUdpConfig
-    description = "One event per UDP datagram (drops, counted, when the channel is full)."
     config: NetcatUdpConfig
     counter: UdpSourceCounter
+    counter_class = UdpSourceCounter
 
     #: Per instance, so that a test can make it small.
     max_pending = MAX_PENDING
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = UdpSourceCounter(name)
         self.port = config.port
         self._transport: asyncio.DatagramTransport | None = None
         self._pending: list[Event] = []
@@ -87,9 +84,9 @@ class NetcatUdpSource(Source):
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropped_since_log = 0
-        self._last_drop_log = 0.0
-        self._last_refusal_log = 0.0
-        self._last_error_log = 0.0
+        self._last_drop_log: float | None = None  # the first drop is always logged
+        self._refused_log = RateLimitedLog(log, DROP_LOG_INTERVAL)
+        self._error_log = RateLimitedLog(log, DROP_LOG_INTERVAL)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,7 +94,7 @@ class NetcatUdpSource(Source):
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(self.config.bind, self.config.port)
         )
-        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._transport = transport
         self.port = self._transport.get_extra_info("sockname")[1]
         self._task = asyncio.create_task(self._commit_loop(), name=f"netcatudp-{self.name}")
         log.info("Source %s listening on udp %s:%d.", self.name, self.config.bind, self.port)
@@ -110,13 +107,8 @@ class NetcatUdpSource(Source):
             self._transport = None
         self._stopping.set()
         self._wakeup.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            done, _ = await asyncio.wait({task}, timeout=10)
-            if not done:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._task = self._task, None
+        await stop_task(task, 10, who=f"Source {self.name}")
         if self._pending:
             log.error(
                 "Source %s stopped with %d datagrams the channel did not accept; they are lost.",
@@ -145,7 +137,7 @@ class NetcatUdpSource(Source):
 
     def _log_drops(self) -> None:
         now = time.monotonic()
-        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+        if self._last_drop_log is None or now - self._last_drop_log >= DROP_LOG_INTERVAL:
             self._last_drop_log = now
             log.warning(
                 "Source %s: channel full and %d datagrams held; dropped %d datagrams "
@@ -185,36 +177,32 @@ class NetcatUdpSource(Source):
                 # The refused events go back to the head, before newer datagrams.
                 self._pending[:0] = batch[accepted:]
                 self._inflight = 0
-                now = time.monotonic()
-                if now - self._last_refusal_log >= DROP_LOG_INTERVAL:
-                    self._last_refusal_log = now
-                    log.warning(
-                        "Source %s: channel refused %d events; holding them: %s",
-                        self.name,
-                        len(batch) - accepted,
-                        e,
-                    )
+                self._refused_log.warn(
+                    "Source %s: channel refused %d events; holding them: %s",
+                    self.name,
+                    len(batch) - accepted,
+                    e,
+                )
                 if self._stopping.is_set():
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
                 continue
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback, counted
                 # Not the channel (e.g. an interceptor failed on this input): retrying
                 # would fail the same way, so the batch is dropped, counted and logged.
                 self._inflight = 0
                 counter.GenericProcessingFail += 1
                 counter.EventDroppedCount += len(batch)
-                now = time.monotonic()
-                if now - self._last_error_log >= DROP_LOG_INTERVAL:
-                    self._last_error_log = now
-                    log.exception(
-                        "Source %s: dropped a batch of %d events (%d dropped since start).",
-                        self.name,
-                        len(batch),
-                        counter.EventDroppedCount,
-                    )
+                self._error_log.log(
+                    logging.ERROR,
+                    "Source %s: dropped a batch of %d events (%d dropped since start).",
+                    self.name,
+                    len(batch),
+                    counter.EventDroppedCount,
+                    exc_info=True,
+                )
                 continue
             self._inflight = 0
             delay = 0.1

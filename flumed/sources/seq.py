@@ -16,7 +16,7 @@ log = logging.getLogger("flumed.sources.seq")
 
 @dataclass(frozen=True, slots=True)
 class SeqConfig:
-    batchSize: int = key(1, ge=1)
+    batchSize: int = key(1, ge=1, doc="Events generated per channel transaction.")
     totalEvents: int = key(2**63 - 1, ge=0, doc="Stop after this many (default: no end).")
 
 
@@ -28,7 +28,6 @@ class SequenceGeneratorSource(PollableSource):
     """
 
     Config = SeqConfig
-    description = "Sequence numbers as event bodies."
     config: SeqConfig
 
     def __init__(self, name: str, config: Any) -> None:

@@ -43,7 +43,7 @@ import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import fastavro
 import fastavro.schema
@@ -380,7 +380,7 @@ class _AvroReader:
         self.cur = cur
         self.pos = cur.start
         self._it: Iterator[bytes] | None = None
-        self._fo: io.BufferedReader | None = None
+        self._fo: BinaryIO | None = None
         self.header: tuple[str, str] = ("", "")
 
     def _open(self) -> Iterator[bytes]:
@@ -450,7 +450,6 @@ class SpoolDirectorySource(Source):
     """
 
     Config = SpoolDirConfig
-    description = "Files dropped into a directory, one event per line (or record, or file)."
     config: SpoolDirConfig
 
     def __init__(self, name: str, config: Any) -> None:
@@ -576,8 +575,8 @@ class SpoolDirectorySource(Source):
                     continue
                 visited.add((st.st_dev, st.st_ino))
                 entries = list(os.scandir(d))
-            except OSError as e:
-                self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, e)
+            except OSError as err:
+                self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, err)
                 continue
             for e in entries:
                 try:

@@ -23,10 +23,11 @@ Beyond Flume, RFC 5424 messages (those with a VERSION) also get the headers
 each only when not the nil value ``-``. The body stays Flume's: everything after the
 HOSTNAME field.
 
-Speed: `parse()` takes a whole batch of lines. The common RFC 5424 shape is split with
-one `bytes.split` per line and dictionary look-ups for the PRI token, the host and the
-second-resolution part of the timestamp; anything else goes through the full regular
-expressions, which give the same result for the common shape (a test checks this).
+Speed: `SyslogParser.parse()` takes a whole batch of messages. The common RFC 5424 and
+RFC 3164 shapes are split with one `bytes.split` per message and dictionary look-ups
+(PRI token, host, the second of a stamp); anything else goes through
+`ReferenceSyslogParser`, the plain statement of the rules, which a differential test
+holds the fast path to, header by header and byte by byte.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import calendar
 import re
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from flumed.event import Event
 
@@ -67,6 +68,12 @@ _RE_TS5424 = re.compile(
     rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?([+-]\d\d:\d\d|Z)?\Z",
 )
 _RE_HOST = re.compile(rb"[\w][\w.@-]*\Z")
+# The RFC 3164 stamps the fast path takes: exactly 15 bytes ("Mar 15 ..." / "Mar  5 ...").
+_RE_TS3164_15 = re.compile(rb"[A-Z][a-z][a-z](?: \d\d|  \d) \d\d:\d\d:\d\d\Z")
+# Three digits → the same as str (looking one up also checks they are digits).
+_MILLIS = {f"{i:03d}".encode(): f"{i:03d}" for i in range(1000)}
+#: A look-up default that no cached value equals.
+_MISSING: Any = object()
 # STRUCTURED-DATA: one or more [SD-ID params], where quoted values may hold \" \] \\.
 _RE_SD = re.compile(rb'(?:\[[^\]"]*(?:"(?:[^"\\]|\\.)*"[^\]"]*)*\])+', re.S)
 
@@ -111,13 +118,15 @@ def parse_keep_fields(value: str) -> tuple[bool, frozenset[str]]:
     return False, frozenset(f for f in KEEP_FIELDS if f in v)
 
 
-class SyslogParser:
-    """Turns batches of syslog messages into events.
+class ReferenceSyslogParser:
+    """The straightforward parse: each message on its own, by the full regular expressions.
 
-    One parser serves any number of connections of one source (it keeps only caches).
-    `flavor` picks the header rules (see the module docstring); `utc3164` parses RFC 3164
-    stamps as UTC (Flume's multiport source) instead of local time (Flume's SyslogUtils).
-    `clock` returns the current time in seconds (tests pin it).
+    It states the rules; `SyslogParser` must give the same result for every input (a
+    differential test runs both over a large corpus). One parser serves any number of
+    connections of one source (it keeps only caches). `flavor` picks the header rules
+    (see the module docstring); `utc3164` parses RFC 3164 stamps as UTC (Flume's
+    multiport source) instead of local time (Flume's SyslogUtils). `clock` returns the
+    current time in seconds (tests pin it).
     """
 
     def __init__(
@@ -131,48 +140,25 @@ class SyslogParser:
         self.flavor = flavor
         self.utc3164 = utc3164
         self.clock = clock
-        self._hosts: dict[bytes, str] = {}
-        # prefix19 + zone → (epoch seconds or None if not a date, its str when > 0)
-        self._ts5424: dict[bytes, tuple[int | None, str | None]] = {}
-        self._ts3164: dict[bytes, str | None] = {}
-        self._expires = 0.0
         self._pri_key = "Priority" if flavor == "multiport" else "priority"
         self._ver_key = "Version" if flavor == "multiport" else "version"
-        # PRI token → the headers it gives, copied per message (one C-level copy).
-        self._templates: dict[bytes, dict[str, str]] = {}
-        for tok, (fac, sev, pri, ver) in _PRI_TOKENS.items():
-            t = {"Facility": fac, "Severity": sev, self._pri_key: pri}
-            if ver is not None:
-                t[self._ver_key] = ver
-            self._templates[tok] = t
-        # APP-NAME / MSGID bytes → str (they repeat; PROCIDs are decoded each time).
-        self._tokens: dict[bytes, str] = {}
+        # prefix19 + zone → (epoch seconds or None if not a date, its str when > 0)
+        self._epochs5424: dict[bytes, tuple[int | None, str | None]] = {}
+        self._ts3164: dict[bytes, str | None] = {}
+        self._expires = 0.0
 
     # -- caches ----------------------------------------------------------------------
+    def _caches(self) -> list[dict[Any, Any]]:
+        return [self._epochs5424, self._ts3164]
+
     def _refresh(self) -> None:
         """Once per batch: drop caches that are old (year inference) or too big."""
         now = time.monotonic()
-        if (
-            now >= self._expires
-            or len(self._hosts) > _CACHE_MAX
-            or len(self._ts5424) > _CACHE_MAX
-            or len(self._ts3164) > _CACHE_MAX
-            or len(self._tokens) > _CACHE_MAX
-        ):
+        caches = self._caches()
+        if now >= self._expires or any(len(c) > _CACHE_MAX for c in caches):
             self._expires = now + _CACHE_TTL
-            self._tokens.clear()
-            self._hosts.clear()
-            self._ts5424.clear()
-            self._ts3164.clear()
-
-    def _host(self, b: bytes) -> str | None:
-        """A valid HOSTNAME token as str, else None."""
-        h = self._hosts.get(b)
-        if h is None:
-            if _RE_HOST.match(b) is None:
-                return None
-            h = self._hosts[b] = b.decode("ascii")
-        return h
+            for c in caches:
+                c.clear()
 
     def ts5424(self, t: bytes) -> str | None:
         """An RFC 3339 stamp → epoch milliseconds as a decimal string; None if invalid.
@@ -180,28 +166,15 @@ class SyslogParser:
         Fractions are scaled to milliseconds (".5" is 500 ms) and truncated past three
         digits; a stamp without a zone is local time, as in Flume.
         """
-        n = len(t)
-        # Fast path: 6-digit fraction (rsyslog, util-linux logger) or 3-digit fraction.
-        if n >= 24 and t[19] == 46:  # '.'
-            if t[-1] == 90:  # 'Z'
-                zone_at = n - 1
-            elif n >= 29 and t[-3] == 58:  # ':' of ±hh:mm
-                zone_at = n - 6
-            else:
-                zone_at = n
-            if zone_at in (23, 26):
-                hit = self._ts5424.get(t[:19] + t[zone_at:])
-                if hit is not None and hit[1] is not None and t[20:zone_at].isdigit():
-                    return hit[1] + t[20:23].decode("ascii")
         m = _RE_TS5424.match(t)
         if m is None:
             return None
         prefix, frac, zone = m.groups()
         zone = zone or b""
         key = prefix + zone
-        hit = self._ts5424.get(key)
+        hit = self._epochs5424.get(key)
         if hit is None:
-            hit = self._ts5424[key] = self._epoch5424(prefix, zone)
+            hit = self._epochs5424[key] = self._epoch5424(prefix, zone)
         secs, text = hit
         if secs is None:
             return None
@@ -273,73 +246,10 @@ class SyslogParser:
         `flume.syslog.status` header, as in Flume.
         """
         self._refresh()
-        if self.keep_all or self.keep or self.flavor != "syslogtcp":
-            return self._parse_all_slow(lines)
-        out: list[Event] = []
-        add = out.append
-        templates = self._templates.get
-        hosts = self._hosts.get
-        stamps = self._ts5424.get
-        tokens = self._tokens
-        token = tokens.get
-        ver_key = self._ver_key
-        bad = 0
-        for ln in lines:
-            # The common RFC 5424 shape: "<PRI>V TS HOST APP PROCID MSGID rest".
-            parts = ln.split(b" ", 6)
-            tmpl = templates(parts[0])
-            if tmpl is not None and len(parts) >= 4:
-                ts = parts[1]
-                host = parts[2]
-                n = len(ts)
-                tsv: str | None = None
-                # Inline fast path of ts5424: a 3- or 6-digit fraction, cached second.
-                if n >= 24 and ts[19] == 46:
-                    fe = n - 1 if ts[-1] == 90 else (n - 6 if ts[-3] == 58 else n)
-                    if fe == 26 or fe == 23:
-                        hit = stamps(ts[:19] + ts[fe:])
-                        if hit is not None and hit[1] is not None and ts[20:fe].isdigit():
-                            tsv = hit[1] + ts[20:23].decode()
-                if tsv is None:
-                    tsv = self.ts5424(ts) if ts != b"-" else ""
-                h = hosts(host) if host != b"-" else ""
-                if h is None:
-                    h = self._host(host)
-                if tsv is not None and h is not None:
-                    hdr = tmpl.copy()
-                    if tsv:
-                        hdr["timestamp"] = tsv
-                    if h:
-                        hdr["host"] = h
-                    if len(parts) >= 6 and ver_key in tmpl:
-                        app, pid, mid = parts[3], parts[4], parts[5]
-                        if app != b"-":
-                            v = token(app)
-                            if v is None:
-                                v = tokens[app] = app.decode("utf-8", "replace")
-                            hdr[APP_NAME] = v
-                        if pid != b"-":
-                            hdr[PROCID] = pid.decode("utf-8", "replace")
-                        if mid != b"-":
-                            v = token(mid)
-                            if v is None:
-                                v = tokens[mid] = mid.decode("utf-8", "replace")
-                            hdr[MSGID] = v
-                        if len(parts) == 7 and parts[6][:1] == b"[":
-                            _structured_data(hdr, parts[6])
-                    add(Event(ln[len(parts[0]) + n + len(host) + 3 :] or ln, hdr))
-                    continue
-            ev = self._parse_slow(ln)
-            if STATUS in ev.headers:
-                bad += 1
-            add(ev)
-        return out, bad
-
-    def _parse_all_slow(self, lines: list[bytes]) -> tuple[list[Event], int]:
-        out = [self._parse_slow(ln) for ln in lines]
+        out = [self._parse_one(ln) for ln in lines]
         return out, sum(STATUS in e.headers for e in out)
 
-    def _parse_slow(self, ln: bytes) -> Event:
+    def _parse_one(self, ln: bytes) -> Event:
         """Any message, by the full rules of the flavor."""
         multiport = self.flavor == "multiport"
         if ln[:1] != b"<" or (gt := ln.find(b">", 1, 5)) < 2 or not ln[1:gt].isdigit():
@@ -359,6 +269,8 @@ class SyslogParser:
             return Event(ln, {"Facility": str(pri // 8), "Severity": str(pri % 8)})
         pri_b, ver_b, ts_b, host_b, msg = m.groups()
         hdr = {"Facility": str(pri // 8), "Severity": str(pri % 8), self._pri_key: pri_b.decode()}
+        if ver_b:
+            hdr[self._ver_key] = ver_b.decode()
         tsv = None
         if ts_b is not None:
             tsv = self.ts5424(ts_b) if is5424 else self.ts3164(ts_b)
@@ -371,12 +283,10 @@ class SyslogParser:
             hdr["host"] = host
         elif multiport:
             hdr["host"] = "-"
-        if ver_b:
-            hdr[self._ver_key] = ver_b.decode()
-            if is5424:
-                parts = msg.split(b" ", 3)
-                if len(parts) >= 3:
-                    _rfc5424_fields(hdr, [b"", b"", b"", *parts])
+        if ver_b and is5424:
+            parts = msg.split(b" ", 3)
+            if len(parts) >= 3:
+                _rfc5424_fields(hdr, [b"", b"", b"", *parts])
         if self.keep_all:
             body = ln
         else:
@@ -406,6 +316,261 @@ class SyslogParser:
         if "hostname" in keep:
             out += (host or b"-") + b" "
         return out + msg
+
+
+class SyslogParser(ReferenceSyslogParser):
+    """The parse the sources run: the reference's result, faster on the common shapes.
+
+    The common shapes are taken apart with one `bytes.split` per message and dictionary
+    look-ups: the `<PRI>V` (or `<PRI>Mmm`) token gives a ready header dict to copy,
+    the host, APP-NAME, PROCID and MSGID tokens are decoded once while they repeat, a
+    stamp equal to the previous message's reuses its value, and an RFC 5424 stamp of a
+    known second only appends its milliseconds. Whatever does not fit exactly (and
+    every `keepFields` subset) goes through the reference rules.
+    """
+
+    def __init__(
+        self,
+        keep_fields: str = "none",
+        flavor: Flavor = "syslogtcp",
+        utc3164: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(keep_fields, flavor, utc3164, clock)
+        # Valid token → str (host names; APP-NAME, PROCID, MSGID).
+        self._hosts: dict[bytes, str] = {}
+        self._tokens: dict[bytes, str] = {}
+        # RFC 5424 prefix19 + zone → epoch seconds as str (only stamps after 1970).
+        self._secs5424: dict[bytes, str] = {}
+        # Checked 15-byte RFC 3164 stamp → epoch ms str (None: not a date).
+        self._stamps3164: dict[bytes, str | None] = {}
+        # (<PRI>V, HOST, APP-NAME, PROCID, MSGID) → headers, `timestamp` in its place.
+        self._heads: dict[tuple[bytes, ...], dict[str, str]] = {}
+        # `<PRI>` / `<PRI>V` token → the headers it gives (copied per message, one C
+        # call); `<PRI>Mmm` the same for RFC 3164.
+        self._t5424: dict[bytes, dict[str, str]] = {}
+        self._t3164: dict[bytes, dict[str, str]] = {}
+        for tok, (fac, sev, pri, ver) in _PRI_TOKENS.items():
+            t = {"Facility": fac, "Severity": sev, self._pri_key: pri}
+            if ver is not None:
+                t[self._ver_key] = ver
+            else:
+                for mon in _MONTHS:
+                    self._t3164[tok + mon] = t
+            self._t5424[tok] = t
+
+    def _caches(self) -> list[dict[Any, Any]]:
+        return [
+            *super()._caches(),
+            self._hosts,
+            self._tokens,
+            self._secs5424,
+            self._stamps3164,
+            self._heads,
+        ]
+
+    def _head(self, tmpl: dict[str, str], key: tuple[bytes, ...]) -> dict[str, str] | None:
+        """The headers of an RFC 5424 message with this (<PRI>V, HOST, APP-NAME, PROCID,
+        MSGID) and a stamp (an empty placeholder, so that it keeps its place); None when
+        the host is not valid. Cached."""
+        _, host, app, pid, mid = key
+        if host == b"-":
+            h: str | None = "-" if self.flavor == "multiport" else ""
+        else:
+            h = self._host(host)
+        if h is None:
+            return None
+        hdr = tmpl.copy()
+        hdr["timestamp"] = ""
+        if h:
+            hdr["host"] = h
+        if app != b"-":
+            hdr[APP_NAME] = app.decode("utf-8", "replace")
+        if pid != b"-":
+            hdr[PROCID] = pid.decode("utf-8", "replace")
+        if mid != b"-":
+            hdr[MSGID] = mid.decode("utf-8", "replace")
+        self._heads[key] = hdr
+        return hdr
+
+    def _host(self, b: bytes) -> str | None:
+        """A valid HOSTNAME token as str, else None."""
+        h = self._hosts.get(b)
+        if h is None:
+            if _RE_HOST.match(b) is None:
+                return None
+            h = self._hosts[b] = b.decode("ascii")
+        return h
+
+    def _stamp5424(self, ts: bytes) -> str | None:
+        """`ts5424`, remembering the second of a stamp with a 3- or 6-digit fraction
+        (rsyslog's and logger's) so that the next one of that second is a look-up."""
+        if ts == b"-":
+            return ""
+        v = self.ts5424(ts)
+        if v is not None and len(v) > 3 and not v.startswith("-"):
+            m = _RE_TS5424.match(ts)
+            if m is not None and m.group(2) is not None and len(m.group(2)) in (3, 6):
+                self._secs5424[m.group(1) + (m.group(3) or b"")] = v[:-3]
+        return v
+
+    def _stamp3164(self, t: bytes) -> str | None:
+        """A 15-byte `Mmm dd HH:MM:SS` (or `Mmm  d`) → `ts3164`; None if not that shape
+        or not a date."""
+        v = self.ts3164(t) if _RE_TS3164_15.match(t) else None
+        self._stamps3164[t] = v
+        return v
+
+    def parse(self, lines: list[bytes]) -> tuple[list[Event], int]:
+        """As `ReferenceSyslogParser.parse` (same events, same count), faster."""
+        self._refresh()
+        if self.keep:
+            return super().parse(lines)
+        keep_all = self.keep_all
+        multiport = self.flavor == "multiport"
+        t5424 = self._t5424.get
+        t3164 = self._t3164.get
+        hosts = self._hosts.get
+        secs = self._secs5424.get
+        stamps3164 = self._stamps3164.get
+        heads = self._heads.get
+        tokens = self._tokens
+        token = tokens.get
+        ver_key = self._ver_key
+        clock = self.clock
+        slow = self._parse_one
+        last_ts = b"\0"
+        last_tsv: str | None = None
+        millis = _MILLIS.get
+        sec_at = sec_zone = b"\0"
+        sec_n = 0
+        sec_text: str | None = None
+        out: list[Event] = []
+        add = out.append
+        bad = 0
+        for ln in lines:
+            parts = ln.split(b" ", 6)
+            p0 = parts[0]
+            tmpl = t5424(p0)
+            if tmpl is not None:
+                # RFC 5424: "<PRI>V TS HOST APP PROCID MSGID rest" (or "<PRI> TS HOST rest").
+                if len(parts) < 4:
+                    add(ev := slow(ln))
+                    bad += STATUS in ev.headers
+                    continue
+                ts = parts[1]
+                if ts == last_ts:
+                    tsv = last_tsv
+                else:
+                    tsv = None
+                    n = len(ts)
+                    if n >= 24 and ts[19] == 46:  # '.': a fraction
+                        fe = n - 1 if ts[-1] == 90 else (n - 6 if ts[-3] == 58 else n)
+                        if fe == 26 or fe == 23:
+                            # Same second and zone as the stamp before: no look-up.
+                            if n == sec_n and ts.startswith(sec_at) and ts.endswith(sec_zone):
+                                text = sec_text
+                            else:
+                                sec_at, sec_zone, sec_n = ts[:19], ts[fe:], n
+                                text = sec_text = secs(sec_at + sec_zone)
+                            ms = millis(ts[20:23])
+                            if (
+                                text is not None
+                                and ms is not None
+                                and (fe == 23 or ts[23:26] in _MILLIS)
+                            ):
+                                tsv = text + ms
+                    if tsv is None:
+                        tsv = self._stamp5424(ts)
+                        sec_n = 0  # it may have learnt this second: look it up next time
+                    last_ts = ts
+                    last_tsv = tsv
+                host = parts[2]
+                if tsv and len(parts) >= 6 and ver_key in tmpl:
+                    # The full shape: PRI, host, APP-NAME, PROCID and MSGID repeat
+                    # together; their headers come ready, the stamp in its place.
+                    key = (p0, host, parts[3], parts[4], parts[5])
+                    full = heads(key)
+                    if full is None:
+                        full = self._head(tmpl, key)
+                    if full is not None:
+                        hdr = full.copy()
+                        hdr["timestamp"] = tsv
+                        if len(parts) == 7 and parts[6][:1] == b"[":
+                            _structured_data(hdr, parts[6])
+                        if keep_all:
+                            add(Event(ln, hdr))
+                        else:
+                            add(Event(ln[len(p0) + len(ts) + len(host) + 3 :] or ln, hdr))
+                        continue
+                if host == b"-":
+                    h: str | None = "-" if multiport else ""
+                else:
+                    h = hosts(host)
+                    if h is None:
+                        h = self._host(host)
+                if tsv is None or h is None:
+                    add(ev := slow(ln))
+                    bad += STATUS in ev.headers
+                    continue
+                hdr = tmpl.copy()
+                if tsv:
+                    hdr["timestamp"] = tsv
+                elif multiport:
+                    hdr["timestamp"] = str(int(clock() * 1000))
+                if h:
+                    hdr["host"] = h
+                if len(parts) >= 6 and ver_key in tmpl:
+                    app, pid, mid = parts[3], parts[4], parts[5]
+                    if app != b"-":
+                        v = token(app)
+                        if v is None:
+                            v = tokens[app] = app.decode("utf-8", "replace")
+                        hdr[APP_NAME] = v
+                    if pid != b"-":
+                        v = token(pid)
+                        if v is None:
+                            v = tokens[pid] = pid.decode("utf-8", "replace")
+                        hdr[PROCID] = v
+                    if mid != b"-":
+                        v = token(mid)
+                        if v is None:
+                            v = tokens[mid] = mid.decode("utf-8", "replace")
+                        hdr[MSGID] = v
+                    if len(parts) == 7 and parts[6][:1] == b"[":
+                        _structured_data(hdr, parts[6])
+                if keep_all:
+                    add(Event(ln, hdr))
+                else:
+                    add(Event(ln[len(p0) + len(ts) + len(host) + 3 :] or ln, hdr))
+                continue
+            tmpl = t3164(p0)
+            if tmpl is not None and len(parts) > 4:
+                # RFC 3164: "<PRI>Mmm dd HH:MM:SS HOST rest"; a one-digit day has two
+                # spaces before it, so one more (empty) part.
+                hi = 3 if parts[1] else 4
+                at = len(p0) - 3
+                if len(parts) > hi + 1 and ln[at + 15 : at + 16] == b" ":
+                    st = ln[at : at + 15]
+                    tsv = stamps3164(st, _MISSING)
+                    if tsv is _MISSING:
+                        tsv = self._stamp3164(st)
+                    host = parts[hi]
+                    h = hosts(host)
+                    if h is None:
+                        h = self._host(host)
+                    if tsv is not None and h is not None:
+                        hdr = tmpl.copy()
+                        hdr["timestamp"] = tsv
+                        hdr["host"] = h
+                        if keep_all:
+                            add(Event(ln, hdr))
+                        else:
+                            add(Event(ln[at + 17 + len(host) :] or ln, hdr))
+                        continue
+            add(ev := slow(ln))
+            bad += STATUS in ev.headers
+        return out, bad
 
 
 def _rfc5424_fields(hdr: dict[str, str], parts: list[bytes]) -> None:

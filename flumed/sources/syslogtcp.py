@@ -2,9 +2,10 @@
 
 Keys as Flume's SyslogTcpSource: `host` (all interfaces), `port`, `eventSize` (2500
 bytes, at least 10), `keepFields` (`none`), `clientIPHeader`, `clientHostnameHeader`,
-and TLS: `ssl`, `certificate`, `key`, `key-password`, `exclude-protocols`,
-`include-protocols` (see flumed.tls). Flume's `format.*` custom Java regex formats are
-refused with an error.
+and TLS: `ssl`, `certificate` (`keystore`), `key`, `key-password`, `exclude-protocols`,
+`include-protocols` (see flumed.tls). Limits and timeouts: `maxConnections`,
+`idle-timeout`, `frame-timeout` (see flumed.sources.server). Flume's `format.*` custom
+Java regex formats are refused with an error.
 
 Each connection is read in chunks; a chunk is framed (newline or octet counting,
 detected from the first byte), parsed as one batch (flumed.sources.syslog_parser) and
@@ -20,40 +21,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from flumed.config.keys import ignored, key, prefix
+from flumed.config.keys import key, listen_claims, prefix
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
-from flumed.sources.base import Source
+from flumed.sources.server import ListenerKeys, ListeningSource
 from flumed.sources.syslog_parser import INCOMPLETE, STATUS, SyslogFramer, SyslogParser
 from flumed.sources.tcp import STOP_GRACE, StreamConnection, close_connections, commit_held
-from flumed.tls import check_tls, start_server_context
+from flumed.tls import TLS_IGNORED, ServerTlsKeys
 
 log = logging.getLogger("flumed.sources.syslog")
 
-TLS_IGNORED = ignored(
-    "keystore-password", "keystore-type", "exclude-cipher-suites", "include-cipher-suites"
-)
-
 
 @dataclass(frozen=True, slots=True)
-class SyslogTcpConfig:
+class SyslogTcpConfig(ListenerKeys, ServerTlsKeys):
     port: int = key(ge=0, le=65535)
     host: str = key("0.0.0.0", doc="Address to bind (Flume: all interfaces).")
     eventSize: int = key(2500, ge=10, doc="Longest message in bytes; longer ones are cut.")
     keepFields: str = key("none", doc="none | all | some of: priority version timestamp hostname")
     clientIPHeader: str | None = key(None, doc="Header for the sender's IP address.")
     clientHostnameHeader: str | None = key(None, doc="Header for the sender's host name.")
-    ssl: bool = key(False)
-    certificate: str | None = key(None, doc="PEM certificate (chain) file, with ssl.")
-    key_file: str | None = key(None, name="key", doc="PEM private key file, with ssl.")
-    key_password: str | None = key(None, name="key-password")
-    keystore: str | None = key(None, doc="Refused: Java keystores are not read.")
-    exclude_protocols: list[str] = key(["SSLv3"], name="exclude-protocols")
-    include_protocols: list[str] = key([], name="include-protocols")
     format: dict[str, Any] = prefix("format", doc="Refused: Flume's custom formats.")
 
     IGNORED = TLS_IGNORED
@@ -61,11 +50,12 @@ class SyslogTcpConfig:
     def check(self) -> list[str]:
         return check_tcp_keys(self)
 
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port)
+
 
 def check_tcp_keys(cfg: Any) -> list[str]:
-    problems = check_tls(
-        cfg.ssl, cfg.certificate, cfg.keystore, cfg.include_protocols, cfg.exclude_protocols
-    )
+    problems: list[str] = cfg.tls_problems()
     if cfg.format:
         problems.append(
             "keys 'format.*' (custom Java regex formats) are not supported by flumed; "
@@ -74,68 +64,31 @@ def check_tcp_keys(cfg: Any) -> list[str]:
     return problems
 
 
-class SyslogTcpSource(Source):
+class SyslogTcpSource(ListeningSource):
     """Syslog over TCP, one task per connection, batches of what each read brought."""
 
-    Config = SyslogTcpConfig
-    description = "Syslog (RFC 3164/5424) over TCP, newline or octet-counted, optional TLS."
+    Config: ClassVar[type] = SyslogTcpConfig
     config: Any
 
     #: Parser rules: Flume's SyslogUtils (syslogtcp/syslogudp) or SyslogParser (multiport).
-    flavor = "syslogtcp"
+    flavor: ClassVar[Literal["syslogtcp", "multiport"]] = "syslogtcp"
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self._servers: list[asyncio.base_events.Server] = []
-        self._connections: set[StreamConnection] = set()
-        self._stopping = asyncio.Event()
-        self._warn = RateLimitedLog(log)
+        self._log = RateLimitedLog(log)
         self._bad_log = RateLimitedLog(log)
         self.parser = SyslogParser(
             config.keepFields, flavor=self.flavor, utc3164=self.flavor == "multiport"
         )
-        #: The ports actually bound (port 0 asks the kernel for one).
-        self.ports: list[int] = []
-
-    @property
-    def port(self) -> int:
-        return self.ports[0] if self.ports else 0
 
     def _listen_ports(self) -> list[int]:
         return [self.config.port]
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        cfg = self.config
-        if not cfg.ssl:
-            return None
-        return start_server_context(
-            f"Source {self.name}",
-            cfg.certificate,
-            cfg.key_file,
-            cfg.key_password,
-            cfg.include_protocols,
-            cfg.exclude_protocols,
-        )
-
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._stopping.clear()
-        ctx = self._ssl_context()
-        try:
-            for port in self._listen_ports():
-                server = await loop.create_server(
-                    lambda: StreamConnection(self),
-                    self.config.host,
-                    port,
-                    ssl=ctx,
-                    reuse_address=True,
-                    backlog=1024,
-                )
-                self._servers.append(server)
-                self.ports.append(server.sockets[0].getsockname()[1])
-        except BaseException:
-            await self._close_servers()
-            raise
+        ctx = self.config.server_ssl(f"Source {self.name}")
+        await self._listen(
+            self.config.host, self._listen_ports(), lambda: StreamConnection(self), ctx
+        )
         log.info(
             "Source %s listening on %s port(s) %s%s.",
             self.name,
@@ -145,21 +98,11 @@ class SyslogTcpSource(Source):
         )
         await super().start()
 
-    async def _close_servers(self) -> None:
-        for s in self._servers:
-            s.close()
-        for s in self._servers:
-            await s.wait_closed()
-        self._servers.clear()
-
     async def stop(self) -> None:
         self._stopping.set()
-        for s in self._servers:
-            s.close()
+        await self._close_listeners()
         # Read nothing more; what was received is still framed and committed.
         await close_connections(self._connections, STOP_GRACE + 1)
-        await self._close_servers()
-        self.ports = []
         await super().stop()
 
     # -- per connection ----------------------------------------------------------------
@@ -179,8 +122,10 @@ class SyslogTcpSource(Source):
         framer = SyslogFramer(self.config.eventSize)
         try:
             extra = await self._conn_headers(conn)
-            while (data := await conn.read()) is not None:
+            progressed = True
+            while (data := await conn.read(_begun(framer), progressed)) is not None:
                 lines, cut = framer.feed(data)
+                progressed = bool(lines)
                 if lines:
                     await self._deliver(conn, lines, cut, extra)
             lines, cut = framer.close()
@@ -233,7 +178,16 @@ class SyslogTcpSource(Source):
         await self._commit(conn, events)
 
     async def _commit(self, conn: StreamConnection, events: list[Event]) -> None:
-        await commit_held(self, events, self._stopping, self._warn, conn.pause)
+        await commit_held(self, events, self._stopping, self._log, conn.pause)
+
+
+def _begun(framer: SyslogFramer) -> bool:
+    """True while the framer holds part of a message (frame-timeout applies)."""
+    return bool(
+        getattr(framer, "rest", b"")
+        or getattr(framer, "frame_left", 0)
+        or getattr(framer, "piece", b"")
+    )
 
 
 async def resolve_name(ip: str, port: int) -> str:

@@ -23,14 +23,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from flumed.config.keys import key, prefix
-from flumed.counters import SourceCounter
+from flumed.config.keys import key, listen_claims, prefix
+from flumed.counters import UdpSourceCounter
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 from flumed.sources.syslog_parser import SyslogParser
 from flumed.sources.syslogtcp import resolve_name
 from flumed.sources.tcp import STOP_GRACE, commit_held
+from flumed.workers import sharing_ports
 
 log = logging.getLogger("flumed.sources.syslog")
 
@@ -61,12 +62,8 @@ class SyslogUdpConfig:
             ]
         return []
 
-
-class UdpSourceCounter(SourceCounter):
-    """Flume's source counters plus EventDroppedCount (datagrams dropped, queue full)."""
-
-    NAMES = (*SourceCounter.NAMES, "EventDroppedCount")
-    EventDroppedCount: int
+    def claims(self) -> list[tuple[str, str]]:
+        return listen_claims(self.port, "udp")
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -89,13 +86,12 @@ class _Receiver(asyncio.DatagramProtocol):
 
 class SyslogUdpSource(Source):
     Config = SyslogUdpConfig
-    description = "Syslog (RFC 3164/5424) over UDP."
     config: SyslogUdpConfig
     counter: UdpSourceCounter
+    counter_class = UdpSourceCounter
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)
-        self.counter = UdpSourceCounter(name)
         self.parser = SyslogParser(config.keepFields)
         self._transport: asyncio.DatagramTransport | None = None
         self._receiver: _Receiver | None = None
@@ -125,14 +121,16 @@ class SyslogUdpSource(Source):
             socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_DGRAM
         )
         try:
+            if sharing_ports():  # a worker: the port is shared with the others
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if cfg.receiveBufferBytes:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receiveBufferBytes)
             sock.bind((cfg.host, cfg.port))
         except OSError:
             sock.close()
             raise
-        self._receiver = _Receiver(self)
-        transport, _ = await loop.create_datagram_endpoint(lambda: self._receiver, sock=sock)
+        receiver = self._receiver = _Receiver(self)
+        transport, _ = await loop.create_datagram_endpoint(lambda: receiver, sock=sock)
         self._transport = transport
         self.port = sock.getsockname()[1]
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-udp")

@@ -12,8 +12,9 @@ How it works, in one task:
   position was truncated (copytruncate) and is read again from 0.
 - Every read starts at the committed position: a chunk of up to CHUNK bytes is read in
   an executor, split once, and only newline-terminated lines become events, in batches
-  of `batchSize`. A position moves only after `process_batch` returned for its batch, so
-  a crash re-reads at most the batches not yet committed.
+  of `batchSize`. A position moves only after `process_batch` returned for its batch, and
+  reaches the position file every `writePosInterval`, also in the middle of a long read,
+  so a crash re-reads at most the batches committed since that write.
 - Changes are seen through inotify on the groups' directories (ctypes, Linux) and a
   cheap rescan every `pollInterval` ms (stat of the directories, fstat of the open files).
 - A full channel keeps the position; the source backs off (growing, bounded) and offers
@@ -401,7 +402,6 @@ class TaildirSource(Source):
     """
 
     Config = TaildirConfig
-    description = "Lines appended to files matching regexes, with a Flume position file."
     config: TaildirConfig
 
     def __init__(self, name: str, config: Any) -> None:
@@ -422,6 +422,7 @@ class TaildirSource(Source):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pos_path = os.path.expanduser(cfg.positionFile)
         self._pos_written: bytes | None = None
+        self._next_pos = 0.0  # monotonic time of the next position file write
         self._ml = re.compile(cfg.multiline_pattern.encode()) if cfg.multiline_pattern else None
         mbc = cfg.maxBatchCount
         self._max_batches = mbc if mbc > 0 else _DEFAULT_MAX_BATCH_COUNT
@@ -519,7 +520,7 @@ class TaildirSource(Source):
         cfg = self.config
         loop = asyncio.get_running_loop()
         next_scan = time.monotonic() + cfg.pollInterval / 1000
-        next_pos = time.monotonic() + cfg.writePosInterval / 1000
+        self._next_pos = time.monotonic() + cfg.writePosInterval / 1000
         while not self._stopping.is_set():
             self._wake.clear()
             now = time.monotonic()
@@ -535,10 +536,8 @@ class TaildirSource(Source):
                 log.debug("Source %s: read error.", self.name, exc_info=True)
                 self.counter.EventReadFail += 1
                 more, blocked = False, False
+            await self._positions_due(loop)
             now = time.monotonic()
-            if now >= next_pos:
-                next_pos = now + cfg.writePosInterval / 1000
-                await self._save_positions(loop)
             if blocked:
                 self._backoffs += 1
                 delay = min(self._backoffs * cfg.backoffSleepIncrement, cfg.maxBackoffSleep) / 1000
@@ -549,7 +548,7 @@ class TaildirSource(Source):
             if more:
                 continue
             self._close_idle(now)
-            deadline = min(next_scan, next_pos)
+            deadline = min(next_scan, self._next_pos)
             ml = [tf.ml_deadline for tf in self._files.values() if tf.ml_deadline is not None]
             if ml:
                 deadline = min(deadline, min(ml))
@@ -558,6 +557,18 @@ class TaildirSource(Source):
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(deadline - now, 0.001))
+
+    async def _positions_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write the position file if writePosInterval has passed since the last write.
+
+        Called between passes and after every committed batch: one pass over a large
+        backlog commits many batches, and a crash must re-read at most one interval's
+        worth of them, not the whole pass.
+        """
+        now = time.monotonic()
+        if now >= self._next_pos:
+            self._next_pos = now + self.config.writePosInterval / 1000
+            await self._save_positions(loop)
 
     async def _save_positions(self, loop: asyncio.AbstractEventLoop) -> None:
         data = dump_positions(list(self._files.values()))
@@ -934,6 +945,7 @@ class TaildirSource(Source):
                 return "blocked", batches
             tf.pos += nbytes
             batches += 1
+            await self._positions_due(asyncio.get_running_loop())
             if batches >= self._max_batches and i + bsize < len(lines):
                 tf.caught_up = False
                 return "more", batches
@@ -989,6 +1001,7 @@ class TaildirSource(Source):
                 return "blocked", batches
             tf.pos += sum(r[1] for r in chunk)
             batches += 1
+            await self._positions_due(asyncio.get_running_loop())
             if batches >= self._max_batches and i + bsize < len(records):
                 tf.caught_up = False
                 return "more", batches

@@ -1,7 +1,8 @@
 """What the TCP stream sources share (netcat, syslogtcp, multiport_syslogtcp).
 
 `StreamConnection` is the asyncio protocol of one client: `data_received` only
-buffers (pausing the socket past HIGH_WATER bytes) and the connection's own task,
+buffers (pausing the socket past HIGH_WATER bytes, see flumed.sources.server) and the
+connection's own task,
 owned by the source, reads the buffered input with `read()`, frames it, and commits
 whole batches. `commit_held` is the push-back commit: a batch the channel refuses is
 held and offered again while the connection reads nothing more, so TCP pushes back on
@@ -11,21 +12,21 @@ the sender. `close_connections` is the stop sequence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, cast
 
 from flumed.counters import SourceCounter
 from flumed.errors import ChannelError
 from flumed.event import Event
+from flumed.lifecycle import stop_task
 from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
+from flumed.sources.server import HIGH_WATER, READ_MAX, FlowControl
 
 log = logging.getLogger("flumed.sources")
 
-#: Stop reading a connection once this much unprocessed input is buffered.
-HIGH_WATER = 1 << 20
 #: Longest wait between offers of a batch the channel refused.
 RETRY_BACKOFF_MAX = 1.0
 #: How long `stop()` keeps offering held batches (the sinks still drain meanwhile).
@@ -33,38 +34,55 @@ STOP_GRACE = 5.0
 
 
 class StreamOwner(Protocol):
-    """What a StreamConnection needs of its source."""
+    """What a StreamConnection needs of its source (a ListeningSource)."""
 
     name: str
     counter: SourceCounter
+    config: Any
     _connections: set[Any]
 
     def _serve(self, conn: Any) -> Coroutine[Any, Any, None]: ...
 
+    def _timed_out(self, peer: str, reason: str) -> None: ...
+
 
 class StreamConnection(asyncio.Protocol):
-    """One client. `data_received` only buffers; the connection's task does the work."""
+    """One client. `data_received` only buffers; the connection's task does the work.
+
+    Push-back (flumed.sources.server.FlowControl): reading stops past HIGH_WATER bytes of
+    unprocessed input, past HIGH_WATER bytes of answers the peer has not read, and while
+    the channel refuses a batch of this connection. So one connection pins at most about
+    HIGH_WATER of input, READ_MAX being processed and HIGH_WATER (plus the answers of
+    one READ_MAX) of answers.
+    """
 
     def __init__(self, source: StreamOwner) -> None:
         self.source = source
         self.transport: asyncio.Transport | None = None
-        self.chunks: list[bytes] = []
+        self.flow = FlowControl()
+        self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.wakeup = asyncio.Event()
         self.eof = False
-        self.paused = False
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.local_port = 0
+        #: Loop time at which the message in progress began (frame-timeout's clock).
+        self.begun: float | None = None
 
     @property
     def peer_name(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]}"
 
+    @property
+    def paused(self) -> bool:
+        return self.flow.paused
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: cast, don't check.
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.attach(self.transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))
@@ -81,7 +99,7 @@ class StreamConnection(asyncio.Protocol):
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered >= HIGH_WATER:
-            self.pause()
+            self.flow.hold(FlowControl.INPUT)
         self.wakeup.set()
 
     def eof_received(self) -> bool:
@@ -92,33 +110,104 @@ class StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.wakeup.set()
+        self.flow.writable.set()
         self.source.counter.OpenConnectionCount -= 1
 
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
     def pause(self) -> None:
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = True
-            self.transport.pause_reading()
+        """Stop reading while the channel refuses a batch (released by the next read)."""
+        self.flow.hold(FlowControl.CHANNEL)
 
     def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
+        self.flow.release(FlowControl.CHANNEL)
 
-    async def read(self) -> bytes | None:
-        """The input buffered since the last call, waiting for some; None at EOF or stop.
+    async def read(self, partial: bool = False, progressed: bool = True) -> bytes | None:
+        """Up to about READ_MAX bytes of the input buffered, waiting for some; None at EOF,
+        at stop, or when the peer timed out (logged and counted).
 
-        Called by the connection's task only. Reading resumes while it waits.
+        Called by the connection's task only. `partial`: a message has begun and is not
+        complete; `progressed`: the last input completed a message. A message must
+        complete within frame-timeout of its beginning (slowloris), a connection with
+        nothing begun may stay silent for idle-timeout. Waits first, up to frame-timeout,
+        for the peer to read the answers it was sent.
         """
+        flow = self.flow
+        cfg = self.source.config
+        now = asyncio.get_running_loop().time()
+        if not partial:
+            self.begun = None
+        elif progressed or self.begun is None:
+            self.begun = now
+        unread = not flow.writable.is_set() and not self.stopping
+        if unread and not await self._wait(flow.writable, cfg.frame_timeout):
+            self._timeout(f"it left its answers unread for {cfg.frame_timeout:g}s")
+            return None
+        if not self.stopping:
+            flow.release(FlowControl.CHANNEL)
+        if self.chunks:
+            # Input is waiting already: still let the other connections (and accept) run
+            # once per chunk, so that one busy connection cannot hold the loop.
+            await asyncio.sleep(0)
         while not self.chunks:
             if self.eof or self.stopping:
                 return None
-            self.resume()
-            await self.wakeup.wait()
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks.clear()
-        self.buffered = 0
-        self.wakeup.clear()
+            flow.release(FlowControl.INPUT)
+            self.wakeup.clear()
+            if self.begun is not None:
+                limit = self.begun + cfg.frame_timeout - asyncio.get_running_loop().time()
+                if limit <= 0 or not await self._wait(self.wakeup, limit):
+                    self._timeout(f"it left a message unfinished for {cfg.frame_timeout:g}s")
+                    return None
+            elif not await self._wait(self.wakeup, cfg.idle_timeout):
+                self._timeout(f"it left the connection idle for {cfg.idle_timeout:g}s")
+                return None
+        chunks = self.chunks
+        if self.buffered <= READ_MAX:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self.buffered = 0
+        else:
+            parts = []
+            n = 0
+            while chunks and n < READ_MAX:
+                c = chunks.popleft()
+                parts.append(c)
+                n += len(c)
+            data = b"".join(parts)
+            self.buffered -= n
+        flow.queued(self.buffered)
         return data
+
+    async def _wait(self, event: asyncio.Event, limit: float) -> bool:
+        """Wait for `event`; False when `limit` seconds (0: no limit) passed first."""
+        if event.is_set():
+            return True
+        if limit <= 0:
+            await event.wait()
+            return True
+        try:
+            async with asyncio.timeout(limit):
+                await event.wait()
+        except TimeoutError:
+            return event.is_set()
+        return True
+
+    def _timeout(self, reason: str) -> None:
+        self.source._timed_out(self.peer_name, reason)
+        self.eof = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def write(self, data: bytes) -> None:
+        """Send answers (dropped once the connection is closing)."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
 
     def close(self) -> None:
         """Called by the connection's task when it ends."""
@@ -135,17 +224,18 @@ async def close_connections(conns: Iterable[StreamConnection], grace: float) -> 
     conns = list(conns)
     for c in conns:
         c.stopping = True
-        c.pause()
+        c.flow.hold(FlowControl.CHANNEL)
         c.wakeup.set()
+        c.flow.writable.set()
     tasks = [c.task for c in conns if c.task is not None]
     if not tasks:
         return
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for t in pending:
-        t.cancel()
+    # One deadline for all: they finish concurrently; stragglers are cancelled.
+    await asyncio.wait(tasks, timeout=grace)
     for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
+        e = await stop_task(t, 0, who="A connection")
+        if e is not None:
+            log.error("A connection's task failed: %r", e)
 
 
 async def commit_held(

@@ -10,7 +10,6 @@ Flume user's custom source would be.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import socket
@@ -31,6 +30,7 @@ from flumed.config.keys import key
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.sources.base import PollableSource, Status
+from tests.bench import _harness
 
 EVENTS = 1_000_000
 BODY = 100
@@ -192,9 +192,7 @@ batchSize = {BATCH}
 """
     )
     agent = Agent(build_agent(doc, "a", "bench"))
-    gc.set_threshold(50_000, 50, 100)  # as `flumed agent` does
-    gc.collect()
-    gc.freeze()
+    _harness.started()
     t0 = time.perf_counter()
     await agent.start()
     sink = agent.sinks["k"]
@@ -210,10 +208,9 @@ def _line(label: str, rate: float) -> None:
 
 
 def main() -> None:
-    import uvloop
 
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    local = statistics.median(uvloop.run(_in_process(EVENTS)) for _ in range(ROUNDS))
+    local = statistics.median(_harness.run(_in_process(EVENTS)) for _ in range(ROUNDS))
     _line("seq -> memory -> null (in-process, batch 1000, 100-byte bodies)", local)
     link = statistics.median(link_rate() for _ in range(ROUNDS))
     _line(

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import os
 import socket
 import statistics
@@ -16,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flumed.agent import Agent
-from flumed.cli import tune_gc
-from flumed.config.graph import build_agent
+from tests.bench import _harness
 
 SEQ_EVENTS = 2_000_000
 NETCAT_EVENTS = 2_000_000
@@ -47,36 +43,16 @@ def _seq_doc(total: int, batch: int) -> dict:
 
 
 async def _run_seq(total: int, batch: int) -> tuple[float, int]:
-    agent = Agent(build_agent(_seq_doc(total, batch), "a1", "bench"))
-    tune_gc()  # as `flumed agent` does
-    gc.collect()
-    gc.freeze()
-    t0 = time.perf_counter()
-    await agent.start()
-    sink = agent.sinks["k1"]
-    done = asyncio.Event()
-
-    def check() -> None:
-        if sink.counter.EventDrainSuccessCount >= total:
-            done.set()
-        else:
-            loop.call_later(0.001, check)
-
-    loop = asyncio.get_running_loop()
-    check()
-    await done.wait()
-    dt = time.perf_counter() - t0
+    dt = await _harness.time_pipeline(_seq_doc(total, batch), total)
     nbytes = sum(len(b"%d" % i) for i in range(0, total, 1))
-    await agent.stop()
     return dt, nbytes
 
 
 def bench_seq() -> float:
-    import uvloop
 
     rates = []
     for _ in range(3):
-        dt, nbytes = uvloop.run(_run_seq(SEQ_EVENTS, 1000))
+        dt, nbytes = _harness.run(_run_seq(SEQ_EVENTS, 1000))
         rates.append(SEQ_EVENTS / dt)
     rate = statistics.median(rates)
     print(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import os
 import shutil
 import statistics
@@ -21,13 +20,11 @@ import time
 from pathlib import Path
 
 import aiofiles
-import uvloop
 
-from flumed.agent import Agent
-from flumed.config.graph import build_agent
 from flumed.config.keys import flatten, parse
 from flumed.event import Event
 from flumed.registry import resolve
+from tests.bench import _harness
 
 BATCH = (b"x" * 99 + b"\n") * 1000  # 100 KB
 WRITES = 2000
@@ -117,24 +114,7 @@ def _doc(out: str, serializer: str) -> dict:
 async def _pipeline(serializer: str) -> tuple[float, int]:
     out = tempfile.mkdtemp(prefix="flumed-bench-")
     try:
-        agent = Agent(build_agent(_doc(out, serializer), "a1", "bench"))
-        gc.collect()
-        t0 = time.perf_counter()
-        await agent.start()
-        sink = agent.sinks["k1"]
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def check() -> None:
-            if sink.counter.EventDrainSuccessCount >= PIPELINE_EVENTS:
-                done.set()
-            else:
-                loop.call_later(0.002, check)
-
-        check()
-        await done.wait()
-        dt = time.perf_counter() - t0
-        await agent.stop()
+        dt = await _harness.time_pipeline(_doc(out, serializer), PIPELINE_EVENTS)
         nbytes = sum(len(b"%d" % i) for i in range(PIPELINE_EVENTS))
         assert sum(p.stat().st_size for p in Path(out).iterdir()) > 0
         return dt, nbytes
@@ -165,14 +145,14 @@ def _interceptor_chain() -> float:
 def main() -> None:
     tmp = tempfile.mkdtemp(prefix="flumed-bench-")
     try:
-        for name, us in uvloop.run(_write_paths(os.path.join(tmp, "w"))).items():
+        for name, us in _harness.run(_write_paths(os.path.join(tmp, "w"))).items():
             print(f"write 100 KB batch, {name}: {us:.0f} us/batch", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for serializer in ("text", "header_and_text", "avro_event"):
         rates, mbs = [], []
         for _ in range(3):
-            dt, nbytes = uvloop.run(_pipeline(serializer))
+            dt, nbytes = _harness.run(_pipeline(serializer))
             rates.append(PIPELINE_EVENTS / dt)
             mbs.append(nbytes / dt / 1e6)
         print(

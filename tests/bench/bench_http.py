@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
-import uvloop
 
-from tests.util import AgentProcess, free_port
+from tests.bench import _harness
 
 BATCH = 100
 REQUESTS = 3000
@@ -64,32 +61,10 @@ async def post_all(url: str, payloads: list[bytes]) -> tuple[float, int]:
 
 
 def run_once(payloads: list[bytes]) -> tuple[float, int]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as d:
-        conf = Path(d) / "bench.toml"
-        conf.write_text(f"""
-[agents.a1.sources.r1]
-type = "http"
-bind = "127.0.0.1"
-port = {port}
-channels = ["c1"]
-[agents.a1.channels.c1]
-type = "memory"
-capacity = 100000
-transactionCapacity = 1000
-[agents.a1.sinks.k1]
-type = "null"
-channel = "c1"
-batchSize = 1000
-""")
-        agent = AgentProcess(conf).start()
-        try:
-            elapsed, ok = uvloop.run(post_all(f"http://127.0.0.1:{port}/", payloads))
-            assert ok == REQUESTS, f"{REQUESTS - ok} requests not answered 200"
-            assert agent.counter("SOURCE.r1", "EventAcceptedCount") == REQUESTS * BATCH
-            agent.terminate()
-        finally:
-            agent.close()
+    with _harness.agent_process('type = "http"\nbind = "127.0.0.1"', 1000) as (agent, port):
+        elapsed, ok = _harness.run(post_all(f"http://127.0.0.1:{port}/", payloads))
+        assert ok == REQUESTS, f"{REQUESTS - ok} requests not answered 200"
+        assert agent.counter("SOURCE.r1", "EventAcceptedCount") == REQUESTS * BATCH
     return elapsed, ok
 
 

@@ -13,7 +13,6 @@ left out and printed apart).
 from __future__ import annotations
 
 import asyncio
-import gc
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ from flumed.config.keys import key
 from flumed.errors import ChannelError
 from flumed.event import Event
 from flumed.sources.base import PollableSource, Status
+from tests.bench import _harness
 from tests.integration.kafka_broker import TansuBroker, create_topics
 
 EVENTS = 500_000
@@ -87,8 +87,7 @@ async def _timed(doc: dict) -> tuple[float, float]:
     """Run an agent until its sink drained EVENTS; (seconds waiting for the first
     event, seconds from the first event to the last)."""
     agent = Agent(build_agent(doc, "a1", "bench"))
-    gc.collect()
-    gc.freeze()
+    _harness.started()
     t0 = time.perf_counter()
     await agent.start()
     sink = agent.sinks["k1"]
@@ -110,7 +109,6 @@ async def _timed(doc: dict) -> tuple[float, float]:
     await done.wait()
     t1 = time.perf_counter()
     await agent.stop()
-    gc.unfreeze()
     assert first is not None
     return first - t0, t1 - first
 
@@ -160,13 +158,11 @@ async def _bench(broker: TansuBroker) -> dict[str, list[tuple[float, float]]]:
 
 
 def main() -> None:
-    import uvloop
 
-    gc.set_threshold(50_000, 50, 100)  # as `flumed agent` does
     with tempfile.TemporaryDirectory() as tmp:
         broker = TansuBroker(Path(tmp)).start()
         try:
-            results = uvloop.run(_bench(broker))
+            results = _harness.run(_bench(broker))
         finally:
             broker.stop()
     for name, runs in results.items():

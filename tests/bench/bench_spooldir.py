@@ -6,20 +6,14 @@ directory holds 4 files. Figures are medians of 3 runs; events/s and MB/s of bod
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
-from flumed.agent import Agent
-from flumed.config.graph import build_agent
+from tests.bench import _harness
 
 LINES = 1_000_000
 FILES = 4
@@ -41,25 +35,7 @@ def _doc(source: dict[str, Any], batch: int) -> dict:
 
 
 async def _run(source: dict[str, Any], batch: int) -> float:
-    agent = Agent(build_agent(_doc(source, batch), "a1", "bench"))
-    gc.collect()
-    t0 = time.perf_counter()
-    await agent.start()
-    sink = agent.sinks["k1"]
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def check() -> None:
-        if sink.counter.EventDrainSuccessCount >= LINES:
-            done.set()
-        else:
-            loop.call_later(0.002, check)
-
-    check()
-    await done.wait()
-    dt = time.perf_counter() - t0
-    await agent.stop()
-    return dt
+    return await _harness.time_pipeline(_doc(source, batch), LINES)
 
 
 async def _spooldir(batch: int) -> float:
@@ -89,7 +65,7 @@ def main() -> None:
         ("exec `cat` (batchSize 1000) -> memory -> null", _exec, 1000),
     ]
     for name, fn, batch in cases:
-        times = [uvloop.run(fn(batch)) for _ in range(3)]
+        times = [_harness.run(fn(batch)) for _ in range(3)]
         dt = statistics.median(times)
         rate = LINES / dt
         print(f"{name}: {rate:,.0f} events/s, {rate * 99 / 1e6:.1f} MB/s", flush=True)

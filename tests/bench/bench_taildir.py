@@ -11,7 +11,6 @@ Medians of 3 runs; MB/s counts the file's bytes.
 from __future__ import annotations
 
 import asyncio
-import gc
 import shutil
 import statistics
 import subprocess
@@ -21,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from flumed.agent import Agent
 from flumed.config.graph import build_agent
+from tests.bench import _harness
 
 LINES = 1_000_000
 LINE = b"x" * 99 + b"\n"
@@ -67,22 +65,11 @@ async def _run(extra: dict[str, Any], events: int) -> float:
         log = tmp / "app.log"
         log.touch()
         agent = Agent(build_agent(_doc(tmp, extra), "a1", "bench"))
-        gc.collect()
+        _harness.started()
         t0 = time.perf_counter()
         await agent.start()
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(LINES), str(log)])
-        sink = agent.sinks["k1"]
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def check() -> None:
-            if sink.counter.EventDrainSuccessCount >= events:
-                done.set()
-            else:
-                loop.call_later(0.005, check)
-
-        check()
-        await done.wait()
+        await _harness.drained(agent.sinks["k1"], events)
         dt = time.perf_counter() - t0
         await agent.stop()
         writer.wait()
@@ -128,7 +115,7 @@ def main() -> None:
         ),
     ]
     for name, extra, events in cases:
-        times = [uvloop.run(_run(extra, events)) for _ in range(3)]
+        times = [_harness.run(_run(extra, events)) for _ in range(3)]
         dt = statistics.median(times)
         print(
             f"{name}: {events / dt:,.0f} lines/s, {events * len(LINE) / dt / 1e6:.1f} MB/s",
@@ -142,5 +129,5 @@ if __name__ == "__main__":
 
 
 def idle() -> None:
-    share = uvloop.run(_idle_cpu(1000))
+    share = _harness.run(_idle_cpu(1000))
     print(f"taildir 1000 idle files: {share * 100:.1f}% of one core", flush=True)

@@ -8,15 +8,13 @@ import json
 import struct
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
-import trustme
 
 from flumed.agent import Agent
 from flumed.channels.base import Channel
 from flumed.config.graph import build_agent
 from flumed.event import Event
+from tests.support.pki import Pki as Pki
+from tests.support.pki import make_pki as make_pki
 
 
 async def start_agent(text: str, name: str) -> Agent:
@@ -135,23 +133,3 @@ class RawClient:
             await self.writer.wait_closed()
         except ConnectionError:
             pass
-
-
-@dataclass
-class Pki:
-    ca: str
-    chain: str
-    key: str
-    other_ca: str
-
-
-def make_pki(d: Path) -> Pki:
-    """A CA and a certificate for localhost/127.0.0.1, made now, as PEM files."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    pki = Pki(str(d / "ca.pem"), str(d / "chain.pem"), str(d / "key.pem"), str(d / "other.pem"))
-    ca.cert_pem.write_to_path(pki.ca)
-    cert.private_key_pem.write_to_path(pki.key)
-    Path(pki.chain).write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    trustme.CA().cert_pem.write_to_path(pki.other_ca)
-    return pki

@@ -81,11 +81,23 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 
 class TansuBroker:
-    """One tansu broker process on 127.0.0.1 (memory storage)."""
+    """One tansu broker process on 127.0.0.1 (memory storage).
+
+    `host` and `wrap` (a command prefix such as `["ip", "netns", "exec", NS]`) run it
+    elsewhere; `start()` then checks readiness from the calling thread, which must reach
+    `host` (tests/fleet calls it from a thread inside the broker's namespace).
+    """
 
     def __init__(
-        self, log_dir: Path, port: int | None = None, advertised_port: int | None = None
+        self,
+        log_dir: Path,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        host: str = "127.0.0.1",
+        wrap: list[str] | None = None,
     ) -> None:
+        self.host = host
+        self.wrap = wrap or []
         self.port = port or free_port()
         self.advertised_port = advertised_port or self.port
         self.log_path = log_dir / f"tansu-{self.port}.log"
@@ -94,16 +106,17 @@ class TansuBroker:
     @property
     def bootstrap(self) -> str:
         """What clients are given: the advertised address (a proxy's, when there is one)."""
-        return f"127.0.0.1:{self.advertised_port}"
+        return f"{self.host}:{self.advertised_port}"
 
     def start(self, timeout: float = 30.0) -> TansuBroker:
         args = [
+            *self.wrap,
             broker_binary(),
             "broker",
             "--listener-url",
-            f"tcp://127.0.0.1:{self.port}",
+            f"tcp://{self.host}:{self.port}",
             "--advertised-listener-url",
-            f"tcp://127.0.0.1:{self.advertised_port}",
+            f"tcp://{self.host}:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -111,7 +124,7 @@ class TansuBroker:
             self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         delay = 0.01
-        while not metadata_answered("127.0.0.1", self.port):
+        while not metadata_answered(self.host, self.port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tansu exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:

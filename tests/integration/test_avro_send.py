@@ -5,6 +5,7 @@ whether the receiver acknowledged everything."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -55,6 +56,8 @@ async def test_file_with_headers(agents: list[Agent], tmp_path: Path) -> None:
         "--header", "host=web2", "--header", "q=a=b", "--batch-size", "100",
     )  # fmt: skip
     assert rc == 0, err
+    assert "flumed send: 253 events in 3 batches (" in err
+    assert "events/s" in err and "MB/s" in err
     headers = {"source": "file", "host": "web2", "q": "a=b"}
     expected = [Event(ln.removesuffix(b"\r"), headers) for ln in lines]
     assert await drain(b.channels["c"]) == expected
@@ -96,3 +99,31 @@ async def test_failures_exit_non_zero(agents: list[Agent]) -> None:
     assert b.sources["r"].counter.ChannelWriteFail == 1
     rc, err = await send("-H", "127.0.0.1", "-p", port, "-F", "/nonexistent/file")
     assert rc == 2 and "No such file" in err
+
+
+async def test_progress_on_a_terminal(agents: list[Agent], tmp_path: Path) -> None:
+    b = await start_agent(collector(), "b")
+    agents.append(b)
+    data = tmp_path / "big.txt"
+    data.write_bytes(b"".join(b"line %d\n" % i for i in range(5000)))
+    main_fd, term_fd = os.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flumed", "send", "-H", "127.0.0.1",
+        "-p", str(b.sources["r"].port), "-F", str(data), "--batch-size", "500",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=term_fd,
+    )  # fmt: skip
+    os.close(term_fd)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main_fd)
+    assert b"\r500 events, " in out and b"%), " in out and b"events/s" in out, out
+    assert b"flumed send: 5,000 events in 10 batches" in out
+    assert len(await drain(b.channels["c"])) == 5000

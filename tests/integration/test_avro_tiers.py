@@ -2,27 +2,20 @@
 sinks) forwards to collectors B (avro source → channel → a sink writing bodies to
 files). Every number A generates must come out of some collector's files.
 
-The tests marked `durable` kill collectors with SIGKILL; they need the file channel and
-the file_roll sink, and are skipped (saying so) while those modules are missing.
+The last tests kill collectors with SIGKILL, with the file channel and the file_roll sink
+on every hop.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
 from tests.integration.avro_helpers import make_pki
 from tests.util import AgentProcess, free_port, wait_until_sync
-
-HAVE_DURABLE = bool(find_spec("flumed.channels.file") and find_spec("flumed.sinks.file_roll"))
-durable = pytest.mark.skipif(
-    not HAVE_DURABLE,
-    reason="needs flumed.channels.file and flumed.sinks.file_roll (other branches, not merged)",
-)
 
 
 def _value(v: object) -> str:
@@ -262,7 +255,6 @@ def test_load_balance_between_collectors(tier: Tier, tmp_path: Path) -> None:
 # -- collectors killed with SIGKILL: durable channels on every hop ------------------------
 
 
-@durable
 def test_collector_killed_repeatedly(tier: Tier, tmp_path: Path) -> None:
     total = 100_000
     port = free_port()
@@ -282,7 +274,6 @@ def test_collector_killed_repeatedly(tier: Tier, tmp_path: Path) -> None:
     check_delivery(numbers(out), total, max_dups=kills * 2 * 1000)
 
 
-@durable
 def test_failover_active_collector_killed(tier: Tier, tmp_path: Path) -> None:
     total = 100_000
     p1, p2 = free_port(), free_port()
@@ -302,7 +293,6 @@ def test_failover_active_collector_killed(tier: Tier, tmp_path: Path) -> None:
     check_delivery(numbers(o1, o2), total, max_dups=2 * 1000)
 
 
-@durable
 def test_load_balance_collector_killed(tier: Tier, tmp_path: Path) -> None:
     total = 100_000
     p1, p2 = free_port(), free_port()

@@ -17,7 +17,7 @@ from flumed.config.keys import parse
 from flumed.errors import ConfigError
 from flumed.event import Event
 from flumed.sources.exec import ExecSource
-from tests.integration.source_harness import SourceHarness, on_uvloop
+from tests.support.harness import SourceHarness, on_uvloop
 from tests.util import wait_until
 
 

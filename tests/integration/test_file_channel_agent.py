@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tmpfs import MakeTmpfs
 from tests.util import AgentProcess, free_port, wait_until
 
 SINK_BATCH = 1000
@@ -253,8 +254,8 @@ async def test_second_agent_on_the_same_directory_refuses_to_start(agent_factory
 
 
 @pytest.fixture
-def tmpfs(make_tmpfs) -> Path:
-    """A 16 MB tmpfs (tests/conftest.py)."""
+def tmpfs(make_tmpfs: MakeTmpfs) -> Path:
+    """A 16 MB tmpfs (tests/support/tmpfs.py)."""
     return make_tmpfs("16m")
 
 

@@ -4,16 +4,14 @@ handler, status codes, push-back (503), HTTPS."""
 from __future__ import annotations
 
 import json
-import ssl
-from pathlib import Path
 
 import aiohttp
-import trustme
 from aiohttp import web
 
 from flumed.event import Event
 from flumed.sources.http import HTTPBadRequest, HTTPSource
-from tests.integration.source_harness import SourceHarness, on_uvloop
+from tests.support.harness import SourceHarness, on_uvloop
+from tests.support.pki import Pki
 
 JSON = "application/json"
 
@@ -190,20 +188,15 @@ async def test_class_path_handler() -> None:
 
 
 @on_uvloop
-async def test_https(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+async def test_https(pki: Pki) -> None:
     conf = {
         "bind": "127.0.0.1",
         "port": 0,
         "enableSSL": "true",
-        "certificate": str(tmp_path / "cert.pem"),
-        "key": str(tmp_path / "key.pem"),
+        "certificate": pki.chain,
+        "key": pki.key,
     }
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
+    client = pki.client_context()
     async with SourceHarness(HTTPSource, conf) as h:
         port = h.source.port
         assert await post(f"https://127.0.0.1:{port}/", batch(2), ssl=client) == (200, "")

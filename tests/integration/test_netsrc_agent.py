@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import trustme
 
+from tests.support.pki import Pki
 from tests.util import free_port, wait_until_sync
 
 EVENT = re.compile(r"Event: \{ headers:(\{.*?\}) body: ")
@@ -91,12 +91,7 @@ maxBytesToLog = 1000
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl absent")
-def test_http_source_in_an_agent_with_curl(agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "server.pem")
-    )
+def test_http_source_in_an_agent_with_curl(agent_factory, tmp_path: Path, pki: Pki) -> None:  # type: ignore[no-untyped-def]
     plain, tls = free_port(), free_port()
     agent = agent_factory(f"""
 [agents.a1.sources.h1]
@@ -109,7 +104,7 @@ type = "http"
 bind = "127.0.0.1"
 port = {tls}
 ssl = true
-certificate = "{tmp_path / "server.pem"}"
+certificate = "{pki.server}"
 channels = ["c1"]
 [agents.a1.channels.c1]
 type = "memory"
@@ -133,7 +128,7 @@ maxBytesToLog = 1000
     code, text = curl(f"http://127.0.0.1:{plain}/", "[{oops")
     assert code == 400 and "invalid JSON" in text
     tls_batch = json.dumps([{"headers": {"k": "v2"}, "body": "over https"}])
-    assert curl(f"https://127.0.0.1:{tls}/", tls_batch, "--cacert", str(tmp_path / "ca.pem")) == (
+    assert curl(f"https://127.0.0.1:{tls}/", tls_batch, "--cacert", pki.ca) == (
         200, "",
     )  # fmt: skip
     events = wait_events(agent, 3)

@@ -18,7 +18,7 @@ from flumed.config.properties import properties_to_document
 from flumed.errors import ConfigError
 from flumed.event import Event
 from flumed.sources.spooldir import TRACKER_FILE, SpoolDirectorySource
-from tests.integration.source_harness import SourceHarness, on_uvloop
+from tests.support.harness import SourceHarness, on_uvloop
 from tests.util import wait_until
 
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from flumed.event import Event
 from flumed.sources.multiport_syslogtcp import MultiportSyslogTcpSource
@@ -20,7 +19,8 @@ from flumed.sources.syslog_parser import INCOMPLETE, INVALID, STATUS
 from flumed.sources.syslogtcp import SyslogTcpSource
 from flumed.sources.syslogudp import SyslogUdpSource
 from flumed.sources.tcp import HIGH_WATER
-from tests.integration.source_harness import SourceHarness, on_uvloop
+from tests.support.harness import SourceHarness, on_uvloop
+from tests.support.pki import Pki
 from tests.util import free_port, wait_until
 
 HOSTNAME = socket.gethostname().split(".")[0]
@@ -202,12 +202,9 @@ async def test_garbage_and_oversized_messages_are_kept_and_flagged() -> None:
 
 # -- TLS ------------------------------------------------------------------------------------
 @on_uvloop
-async def test_tls(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    pem = tmp_path / "server.pem"
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
+async def test_tls(pki: Pki) -> None:
+    pem = pki.server
+    client = pki.client_context()
     conf = {"host": "127.0.0.1", "port": 0, "ssl": "true", "certificate": str(pem)}
     async with SourceHarness(SyslogTcpSource, conf) as h:
         port = h.source.port

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import thriftpy2
-import trustme
 from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
 from thriftpy2.rpc import make_client, make_server
 from thriftpy2.thrift import TApplicationException
@@ -25,6 +24,7 @@ from flumed.config.graph import build_agent
 from flumed.errors import ConfigError
 from flumed.event import Event
 from flumed.rpc import thrift_protocol as tp
+from tests.support.pki import Pki
 from tests.util import free_port, wait_until, wait_until_sync
 
 IDL = tp.load_idl()
@@ -412,19 +412,10 @@ async def test_sink_against_thriftpy2_server(agents, proto):
 # -- TLS -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("pki")
-    ca, other = trustme.CA(), trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(d / "server.pem"))
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    other.cert_pem.write_to_path(str(d / "other-ca.pem"))
-    return {
-        "server": str(d / "server.pem"),
-        "ca": str(d / "ca.pem"),
-        "other": str(d / "other-ca.pem"),
-    }
+@pytest.fixture
+def pki(pki: Pki) -> dict[str, str]:
+    """The shared test PKI (tests/conftest.py), by the names these tests use."""
+    return {"server": pki.server, "ca": pki.ca, "other": pki.other_ca}
 
 
 async def test_tls_delivery_and_bad_tls_clients(agents, pki, caplog):
@@ -488,14 +479,14 @@ def problems(section: dict[str, Any]) -> str:
 
 def test_config_errors_name_the_key():
     bad_src = receiver(1234, protocol="json", ssl=True, kerberos=True)
-    bad_src["sources"]["r"]["keystore-type"] = "JKS"
+    bad_src["sources"]["r"]["keystore-type"] = "BKS"
     text = problems(bad_src)
     assert "key 'protocol'" in text and "compact" in text
     bad_src["sources"]["r"]["protocol"] = "binary"
     text = problems(bad_src)
-    assert "needs 'keystore'" in text and "kerberos" in text and "JKS" in text
+    assert "needs 'keystore'" in text and "kerberos" in text and "'BKS'" in text
     assert "'request-timeout': must be >= 1000" in problems(sender(1, 1, **{"request-timeout": 10}))
-    assert "JKS" in problems(sender(1, 1, **{"truststore-type": "JKS"}))
+    assert "'BKS'; expected one of" in problems(sender(1, 1, **{"truststore-type": "BKS"}))
     assert "missing required key 'hostname'" in problems(
         {**sender(1, 1), "sinks": {"k": {"type": "thrift", "channel": "c", "port": 1}}}
     )

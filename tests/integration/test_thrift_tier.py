@@ -4,12 +4,13 @@ counted at the far end."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
-import trustme
 
+from tests.support.pki import Pki
 from tests.util import free_port, wait_until_sync
 
 
@@ -111,14 +112,11 @@ def test_next_hop_down_full_and_restarted_loses_nothing(agent_factory, tmp_path:
     assert a.terminate() == 0 and b.terminate() == 0
 
 
-def test_tls_hop_between_processes_and_a_bad_client(agent_factory, tmp_path: Path):
+def test_tls_hop_between_processes_and_a_bad_client(agent_factory, tmp_path: Path, pki: Pki):
     """The agents run uvloop: TLS (start_tls per connection) and the logged reasons for
     a client that does not speak TLS, checked there too."""
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "server.pem")
-    )
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    shutil.copy(pki.server, tmp_path / "server.pem")
+    shutil.copy(pki.ca, tmp_path / "ca.pem")
     port, out, n = free_port(), tmp_path / "out.txt", 5000
     tls_source = f'ssl = true\nkeystore = "{tmp_path / "server.pem"}"\n'
     b = agent_factory(

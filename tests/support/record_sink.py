@@ -1,27 +1,33 @@
-"""A sink for tests: appends each body as a line to `path`, flushed before commit.
+"""A sink for tests: writes each event to `path`, flushed before the take commits, so a
+test reads exactly what left the channel.
 
 Used through the class-path type (`type = "tests.support.record_sink:RecordSink"`), as a
-Flume user's custom sink class would be. `delay` slows each batch to keep events in the
-channel (drain tests).
+Flume user's custom sink class would be. `format`: `lines` (each body as a line) or
+`json` (one JSON object a line: headers `h`, body `b`). `delay` slows each batch to keep
+events in the channel (drain tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
+from typing import Literal
 
 from flumed.config.keys import key
-from flumed.sinks.base import TAKE_TIMEOUT, Sink, Status
+from flumed.event import Event
+from flumed.sinks.base import BatchSink
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RecordSinkConfig:
     path: str = key()
     batchSize: int = key(100, ge=1)
-    delay: float = key(0.0, ge=0)
+    delay: float = key(0.0, ge=0, doc="Seconds slept per batch (to fill the channel).")
+    format: Literal["lines", "json"] = key("lines")
 
 
-class RecordSink(Sink):
+class RecordSink(BatchSink):
     Config = RecordSinkConfig
     config: RecordSinkConfig
 
@@ -33,14 +39,16 @@ class RecordSink(Sink):
         self._fh.close()
         await super().stop()
 
-    async def process(self) -> Status:
-        async with self.channel.transaction() as tx:
-            events = await tx.take_batch(self.config.batchSize, TAKE_TIMEOUT)
-            if not events:
-                return Status.BACKOFF
-            if self.config.delay:
-                await asyncio.sleep(self.config.delay)
+    async def deliver(self, events: list[Event]) -> None:
+        if self.config.delay:
+            await asyncio.sleep(self.config.delay)
+        if self.config.format == "json":
+            self._fh.write(
+                "".join(
+                    json.dumps({"h": e.headers, "b": e.body.decode("utf-8", "replace")}) + "\n"
+                    for e in events
+                ).encode()
+            )
+        else:
             self._fh.write(b"".join(e.body + b"\n" for e in events))
-            self._fh.flush()
-        self.counter.EventDrainSuccessCount += len(events)
-        return Status.READY
+        self._fh.flush()

@@ -80,8 +80,7 @@ def _agent(source: dict | None = None, sink: dict | None = None) -> None:
     ("source", "message"),
     [
         ({}, "missing required key 'port'"),
-        ({"port": 1, "ssl": True}, "needs key 'certificate'"),
-        ({"port": 1, "ssl": True, "keystore": "a.jks"}, "Java keystores are not read"),
+        ({"port": 1, "ssl": True}, "needs key 'certificate' .a Java keystore, or a PEM"),
         ({"port": 1, "ipFilter": True}, "needs 'ipFilterRules'"),
         ({"port": 1, "ipFilter": True, "ipFilterRules": "allow:10.*"}, "ipFilterRules"),
         ({"port": 1, "compression-type": "gzip"}, "key 'compression-type'"),
@@ -104,7 +103,7 @@ def test_source_errors(source: dict, message: str) -> None:
         ({"hostname": "h", "port": 0}, "must be >= 1"),
         ({"hostname": "h", "port": 1, "request-timeout": 500}, "must be >= 1000"),
         ({"hostname": "h", "port": 1, "compression-level": 10}, "must be <= 9"),
-        ({"hostname": "h", "port": 1, "truststore-type": "JKS"}, "keytool -exportcert"),
+        ({"hostname": "h", "port": 1, "truststore-type": "BKS"}, "'BKS'; expected one of"),
         ({"hostname": "h", "port": 1, "batch-size": 0}, "must be >= 1"),
     ],
 )

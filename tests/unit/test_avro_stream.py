@@ -7,7 +7,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import trustme
 
 from flumed.rpc.ipfilter import IpFilter, parse_rules
 from flumed.rpc.stream import (
@@ -18,6 +17,7 @@ from flumed.rpc.stream import (
     build_layers,
 )
 from flumed.tls import client_context, server_context
+from tests.support.pki import Pki
 
 
 class TestZlib:
@@ -54,19 +54,10 @@ class TestZlib:
             list(ZlibLayer().decode(c.compress(b"abc") + c.flush(zlib.Z_SYNC_FLUSH)))
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    paths = {"ca": d / "ca.pem", "chain": d / "chain.pem", "key": d / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    paths["chain"].write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    other = trustme.CA()
-    paths["other_ca"] = d / "other.pem"
-    other.cert_pem.write_to_path(str(paths["other_ca"]))
-    return {k: str(v) for k, v in paths.items()}
+@pytest.fixture
+def pki(pki: Pki) -> dict[str, str]:
+    """The shared test PKI (tests/conftest.py), by the names these tests use."""
+    return {"ca": pki.ca, "chain": pki.chain, "key": pki.key, "other_ca": pki.other_ca}
 
 
 def _pair(

@@ -7,6 +7,8 @@ Each test gets `make(capacity, tx, keep_alive)` building a started channel of on
 from __future__ import annotations
 
 import asyncio
+import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,11 +16,20 @@ import pytest
 
 from flumed.channels.base import Channel
 from flumed.channels.file import FileChannel, FileChannelConfig
+from flumed.channels.jdbc import JdbcChannel, JdbcChannelConfig
 from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
+from flumed.channels.spillablememory import (
+    SpillableMemoryChannel,
+    SpillableMemoryChannelConfig,
+)
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 
 Make = Callable[..., Awaitable[Channel]]
+
+#: The local servers of this machine (trust / empty-password auth, database `test`).
+JDBC_PG = "jdbc:postgresql://127.0.0.1:5432/test?user=postgres"
+JDBC_MYSQL = "jdbc:mysql://127.0.0.1:3306/test?user=root"
 
 
 def ev(i: int) -> Event:
@@ -42,9 +53,55 @@ def _file(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
     return FileChannel("c1", cfg)
 
 
+def _spillable(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
+    """Room for one transaction in memory, the rest of the capacity in the overflow: a
+    put batch goes whole to one store, so the capacity the contract expects holds, and
+    the tests that fill past one transaction span both stores (capacity == tx: memory
+    only, as overflowCapacity = 0)."""
+    mem = tx
+    cfg = SpillableMemoryChannelConfig(
+        memoryCapacity=mem,
+        overflowCapacity=capacity - mem,
+        overflowTimeout=keep_alive,
+        transactionCapacity=tx,
+        dataDirs=str(tmp / "data"),
+        minimumRequiredSpace=0,
+    )
+    return SpillableMemoryChannel("c1", cfg)
+
+
+def _reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _jdbc(url: str, port: int) -> Callable[[Path, int, int, float], Channel]:
+    def make(tmp: Path, capacity: int, tx: int, keep_alive: float) -> Channel:
+        if not _reachable(port):
+            pytest.skip(f"no database server on 127.0.0.1:{port} for the jdbc channel")
+        cfg = JdbcChannelConfig(
+            db_type="POSTGRESQL" if "postgresql" in url else "MYSQL",
+            driver_url=url,
+            maximum_capacity=capacity,
+            transactionCapacity=tx,
+            keep_alive=keep_alive,
+            pollInterval=20,
+            queue=f"contract_{uuid.uuid4().hex[:12]}",
+        )
+        return JdbcChannel("c1", cfg)
+
+    return make
+
+
 CHANNEL_TYPES: dict[str, Callable[[Path, int, int, float], Channel]] = {
     "memory": _memory,
     "file": _file,
+    "jdbc-postgresql": _jdbc(JDBC_PG, 5432),
+    "jdbc-mysql": _jdbc(JDBC_MYSQL, 3306),
+    "spillablememory": _spillable,
 }
 
 

@@ -313,11 +313,3 @@ dataDirs = "{tmp_path}/data"
         f"channel f2: key 'dataDirs': data directory {tmp_path}/data is already used by channel f1"
         in msg
     )
-
-
-def test_strip_prefix_keeps_only_the_prefixed_keys():
-    from flumed.config.graph import strip_prefix
-
-    flat = {"selector.type": "x", "selector.mapping.a": "c1", "selectorx": 1, "type": "t"}
-    assert strip_prefix(flat, "selector") == {"type": "x", "mapping.a": "c1"}
-    assert strip_prefix(flat, "nothing") == {}

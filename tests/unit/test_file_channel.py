@@ -30,6 +30,7 @@ from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import parse
 from flumed.errors import ChannelError, ChannelFullError, ConfigError
 from flumed.event import Event
+from tests.support.tmpfs import MakeTmpfs
 from tests.util import wait_until
 
 
@@ -134,7 +135,7 @@ def test_config_accepts_flume_keys_with_warnings(caplog: pytest.LogCaptureFixtur
     for k in ("useDualCheckpoints", "checkpointInterval", "maxFileSize", "fsyncInterval"):
         assert f"'{k}' has no meaning" in text
     assert "uses only the first, /var/flume/data1" in text
-    assert "checkpointDir /var/flume/checkpoint is not used" in text
+    assert "a1.channels.c1: key 'checkpointDir': /var/flume/checkpoint is not used" in text
 
 
 def test_config_refuses_encryption_and_oversized_transactions():
@@ -508,8 +509,8 @@ def assert_sqlite_threads_ended() -> None:
 
 
 @pytest.fixture
-def tmpfs(make_tmpfs) -> Path:
-    """A 3 MB tmpfs (tests/conftest.py)."""
+def tmpfs(make_tmpfs: MakeTmpfs) -> Path:
+    """A 3 MB tmpfs (tests/support/tmpfs.py)."""
     return make_tmpfs("3m")
 
 
@@ -584,126 +585,3 @@ async def test_sqlite_never_runs_on_the_event_loop_thread(tmp_path: Path):
     await take_all(ch)
     assert len(threads) == 2 and loop_thread not in threads
     await ch.stop()
-
-
-# -- hostile disks (issue 9, point 7) ------------------------------------------------
-
-
-def _fill(fs: Path, name: str = "filler") -> Path:
-    """Fill the file system to the last byte."""
-    filler = fs / name
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for size in (1 << 16, 512, 1):
-            while True:
-                try:
-                    if os.write(fd, b"\0" * size) < size:
-                        break
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
-
-
-async def test_full_disk_pauses_takes_instead_of_redelivering(tmpfs: Path):
-    """minimumRequiredSpace = 0 and a disk filled to the last byte: a take commit that
-    cannot be written pauses the takes (Unhealthy = 1) instead of handing the same batch
-    to the sink again and again; when space returns, everything is delivered."""
-    ch = await started(tmpfs / "data", keep_alive=0, transactionCapacity=100)
-    for b in range(20):
-        await put(ch, range(b * 100, b * 100 + 100), pad=200)
-    filler = _fill(tmpfs)
-    delivered: list[int] = []
-    failures = 0
-    for _ in range(200):  # a sink's loop, bounded
-        tx = ch.transaction()
-        tx.begin()
-        got = await tx.take_batch(100, 0.01)
-        delivered += [num(e) for e in got]
-        try:
-            await tx.commit()
-        except ChannelError:
-            failures += 1
-    assert failures >= 1, "the disk did not fill up: the test proves nothing"
-    # Paused after the first failure (a probe may let one more batch through).
-    assert len(delivered) <= 100 * (failures + 1) and failures <= 3
-    assert ch.counter.Unhealthy == 1 and ch.counter.EventTakeErrorCount == failures
-    filler.unlink()
-    await wait_until(lambda: ch.counter.Unhealthy == 0, 30, "the probe to find space")
-    rest = await take_all(ch)
-    assert set(delivered + rest) == set(range(2000))
-    assert len(delivered) + len(rest) - 2000 <= 100 * failures  # bounded duplicates
-    await ch.stop()
-
-
-async def test_emptied_channel_finds_its_space_again(make_tmpfs):
-    """A small margin: puts are refused while the disk is short; once the channel is
-    emptied, the database gives its space back and puts are accepted without a restart."""
-    fs = make_tmpfs("16m")
-    ch = await started(
-        fs / "data",
-        keep_alive=0,
-        minimumRequiredSpace=4 << 20,
-        transactionCapacity=1000,
-        capacity=1_000_000,
-    )
-    n = 0
-    with pytest.raises(ChannelFullError, match="below minimumRequiredSpace"):
-        for _ in range(1000):
-            await put(ch, range(n, n + 1000), pad=100)
-            n += 1000
-    assert n > 0
-    assert await take_all(ch) == list(range(n))
-
-    # Refused before the fix until a restart; now accepted as a source's retries go on.
-    async def accepted() -> bool:
-        try:
-            await put(ch, range(n, n + 1000), pad=100)
-        except ChannelFullError:
-            return False
-        return True
-
-    await wait_until(accepted, 20, "a put to be accepted again")
-    assert await take_all(ch) == list(range(n, n + 1000))
-    await ch.stop()
-
-
-async def _fill_and_stop(d: Path, batches: int) -> None:
-    ch = await started(d, transactionCapacity=100)
-    for b in range(batches):
-        await put(ch, range(b * 100, b * 100 + 100), pad=40)
-    await ch.stop()
-
-
-async def test_recover_salvages_a_database_cut_short(tmp_path: Path, capsys):
-    """The last 4 KiB of the file are gone: recovery reads what is left (before: 0 events,
-    exit 0)."""
-    await _fill_and_stop(tmp_path, 200)  # 20,000 events
-    db = tmp_path / "c1.db"
-    os.truncate(db, db.stat().st_size - 4096)
-    assert cli.main(["file-channel-recover", "--dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "cut short" in out
-    ch = await started(tmp_path)
-    got = await take_all(ch)
-    await ch.stop()
-    assert got == sorted(got) and set(got) <= set(range(20_000))
-    assert len(got) >= 19_000, out
-    assert f"recovered {len(got)} events" in out
-
-
-async def test_recover_that_saves_nothing_from_a_full_file_exits_non_zero(tmp_path, capsys):
-    await _fill_and_stop(tmp_path, 50)
-    db = tmp_path / "c1.db"
-    os.truncate(db, 4096)  # only the first page is left
-    assert cli.main(["file-channel-recover", "--dir", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "nothing could be saved" in err and "c1.db.damaged-" in err
-    assert list(tmp_path.glob("c1.db.damaged-*"))  # the damaged file is kept
-
-
-async def test_recover_of_an_empty_database_exits_zero(tmp_path: Path, capsys):
-    await _fill_and_stop(tmp_path, 0)
-    assert cli.main(["file-channel-recover", "--dir", str(tmp_path)]) == 0
-    assert "recovered 0 events" in capsys.readouterr().out

@@ -15,14 +15,9 @@ from flumed.config.graph import build_agent
 from flumed.config.loader import load_document
 from flumed.errors import ConfigError
 from flumed.event import Event
-from flumed.kafka_common import (
-    FLUME_EVENT_SCHEMA,
-    build_ssl_context,
-    client_options,
-    decode_flume_event,
-    encode_flume_event,
-    parse_jaas,
-)
+from flumed.kafka.codec import FLUME_EVENT_SCHEMA, decode_flume_event, encode_flume_event
+from flumed.kafka.options import client_options
+from flumed.kafka.security import build_ssl_context, parse_jaas
 from flumed.sinks.kafka import KafkaSink
 from flumed.sources.kafka import KafkaSource
 
@@ -192,21 +187,23 @@ def test_tls_options_and_context(tmp_path: Path):
     assert flume.tls is not None and flume.tls.check_hostname is False
 
 
-def test_java_keystores_are_a_clear_problem():
-    o = client_options(
-        {"security.protocol": "SSL", "ssl.truststore.location": "/etc/kafka/truststore.jks"},
-        "producer",
-    )
-    assert "convert it to PEM" in o.problems[0]
+def test_java_keystores_are_taken_with_their_passwords():
+    """JKS/PKCS12 stores are read at start (flumed.keystores; see test_keystores.py)."""
     o = client_options(
         {
             "security.protocol": "SSL",
+            "ssl.truststore.location": "/etc/kafka/truststore.jks",
+            "ssl.truststore.password": "tpw",
             "ssl.keystore.location": "/k.p12",
             "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.password": "kpw",
         },
         "producer",
     )
-    assert "PKCS12" in o.problems[0]
+    assert o.problems == []
+    assert o.tls is not None
+    assert (o.tls.cafile, o.tls.truststore_password) == ("/etc/kafka/truststore.jks", "tpw")
+    assert (o.tls.certfile, o.tls.keystore_password) == ("/k.p12", "kpw")
 
 
 def test_ssl_keys_ignored_without_tls():

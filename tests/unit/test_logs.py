@@ -50,3 +50,16 @@ def test_agent_log_lines_are_single_entries(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) >= 3
     assert all(" ERROR flumed: " in ln for ln in lines), lines
+
+
+def test_rate_limited_log_burst_lets_distinct_problems_through(caplog):
+    log = logging.getLogger("flumed.test.burst")
+    rl = RateLimitedLog(log, interval=3600, burst=3)
+    with caplog.at_level(logging.WARNING, logger="flumed.test.burst"):
+        for i in range(10):
+            rl.warn("bad input %d", i)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad input 0",
+        "bad input 1",
+        "bad input 2",
+    ]

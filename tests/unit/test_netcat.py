@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
-from flumed.config.keys import parse
-from flumed.routing.processor import ChannelProcessor
-from flumed.routing.selectors import SelectorConfig, build_selector
-from flumed.sources.netcat import NetcatConfig, NetcatSource
+from flumed.sources.netcat import NetcatSource
+from tests.support.harness import memory_channel, wire
 from tests.util import wait_until
 
 
 async def setup(capacity: int = 1000, keep_alive: float = 0.05, **keys: str):
-    ch = MemoryChannel(
-        "c1",
-        MemoryChannelConfig(capacity=capacity, transactionCapacity=capacity, keep_alive=keep_alive),
-    )
+    ch = memory_channel(capacity, capacity, keep_alive)
     await ch.start()
-    flat = {"bind": "127.0.0.1", "port": "0", **keys}
-    src = NetcatSource("r1", parse(NetcatConfig, flat, "r1"))
-    src.processor = ChannelProcessor(build_selector([ch], SelectorConfig()))
+    src = wire(NetcatSource, {"bind": "127.0.0.1", "port": "0", **keys}, ch)
     await src.start()
     r, w = await asyncio.open_connection("127.0.0.1", src.port)
     return ch, src, r, w

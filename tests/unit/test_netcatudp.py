@@ -7,29 +7,21 @@ import socket
 import pytest
 import uvloop
 
-from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
+from flumed.channels.memory import MemoryChannel
 from flumed.config.keys import parse
 from flumed.errors import ConfigError
-from flumed.routing.processor import ChannelProcessor
-from flumed.routing.selectors import SelectorConfig, build_selector
 from flumed.sources import netcatudp
 from flumed.sources.netcatudp import NetcatUdpSource
+from tests.support.harness import memory_channel, wire
 from tests.util import wait_until
 
 
 async def setup(
     capacity: int = 10000, keep_alive: float = 3.0, **keys: str
 ) -> tuple[NetcatUdpSource, MemoryChannel]:
-    ch = MemoryChannel(
-        "c1",
-        MemoryChannelConfig(
-            capacity=capacity, transactionCapacity=min(capacity, 1000), keep_alive=keep_alive
-        ),
-    )
+    ch = memory_channel(capacity, min(capacity, 1000), keep_alive)
     await ch.start()
-    cfg = parse(NetcatUdpSource.Config, {"bind": "127.0.0.1", "port": "0", **keys}, "source r1")
-    src = NetcatUdpSource("r1", cfg)
-    src.processor = ChannelProcessor(build_selector([ch], SelectorConfig()))
+    src = wire(NetcatUdpSource, {"bind": "127.0.0.1", "port": "0", **keys}, ch)
     await src.start()
     return src, ch
 

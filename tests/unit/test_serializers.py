@@ -133,7 +133,7 @@ def test_serializer_problems_name_the_sink_key():
     (p,) = serializer_problems("nope", {}, "sink.serializer")
     assert p.startswith("key 'sink.serializer': unknown serializer type 'nope'")
     (p,) = serializer_problems("text", {"appendNewLine": "x"}, "sink.serializer")
-    assert p == "key 'sink.serializer': unknown key 'appendNewLine'"
+    assert p == "key 'sink.serializer': unknown key 'appendNewLine' (did you mean 'appendNewline'?)"
     (p,) = serializer_problems("text", {"appendNewline": "x"}, "sink.serializer")
     assert p.startswith("key 'sink.serializer.appendNewline': expected true or false")
     (p,) = serializer_problems("flumed.event.Event", {}, "sink.serializer")

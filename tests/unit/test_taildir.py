@@ -3,20 +3,20 @@ multiline, push-back when the channel is full, and the configuration checks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import flatten, parse
 from flumed.config.properties import properties_to_document
 from flumed.errors import ComponentStartError, ConfigError
-from flumed.routing.processor import ChannelProcessor
-from flumed.routing.selectors import SelectorConfig, build_selector
 from flumed.sources.taildir import TaildirConfig, TaildirSource, TailFile, dump_positions
+from tests.support.harness import memory_channel, wire
 from tests.util import wait_until
 
 
@@ -38,17 +38,9 @@ class Tail:
         self.taken: list[Any] = []
 
     async def start(self) -> TaildirSource:
-        self.channel = MemoryChannel(
-            "c1",
-            MemoryChannelConfig(
-                capacity=self.capacity,
-                transactionCapacity=min(self.capacity, 10_000),
-                keep_alive=self.keep_alive,
-            ),
-        )
+        self.channel = memory_channel(self.capacity, min(self.capacity, 10_000), self.keep_alive)
         await self.channel.start()
-        self.src = TaildirSource("r1", parse(TaildirConfig, flatten(self.conf), "r1"))
-        self.src.processor = ChannelProcessor(build_selector([self.channel], SelectorConfig()))
+        self.src = wire(TaildirSource, self.conf, self.channel)
         await self.src.start()
         return self.src
 
@@ -266,6 +258,37 @@ async def test_position_not_past_uncommitted_lines(tmp_path):
     assert json.loads(t.pos.read_text())[0]["pos"] == len(lines(0, 100))
 
 
+async def test_position_written_in_the_middle_of_a_long_read(tmp_path):
+    """A backlog of many batches is one read pass; its position must still reach the file
+    every writePosInterval, so that a crash re-reads one interval, not the whole backlog
+    (found by tests/fleet: an edge killed in a 30,000-line burst)."""
+    t = Tail(tmp_path, capacity=1_000_000, batchSize=100, writePosInterval=10)
+    await t.start()
+    real = t.src.processor.process_batch
+    gate = asyncio.Event()
+    held = asyncio.Event()
+    commits: list[float] = []
+
+    async def gated(events):
+        commits.append(time.monotonic())
+        if len(commits) > 10 and commits[-1] - commits[0] > 0.05:
+            held.set()
+            await gate.wait()  # the pass stalls here, in the middle of the file
+        await real(events)
+
+    t.src.processor.process_batch = gated
+    log = t.dir / "a.log"
+    log.write_bytes(lines(0, 100_000))
+    await wait_until(held.is_set, what="the read to stall mid-file")
+    committed = (len(commits) - 1) * 100
+    saved = json.loads(t.pos.read_text())[0]["pos"] if t.pos.exists() else 0
+    assert 0 < saved <= len(lines(0, committed)), "no position written during the read"
+    gate.set()
+    assert len(await t.bodies(100_000, timeout=60)) == 100_000
+    await t.stop()
+    assert json.loads(t.pos.read_text())[0]["pos"] == log.stat().st_size
+
+
 def test_position_file_format_is_flumes():
     a = TailFile("/var/log/a<b>&'=.log", 12, 34, "f1")
     b = TailFile("/var/log/é.log", 5, 0, "f1")
@@ -325,6 +348,7 @@ def test_config_errors():
 
 def test_properties_form_matches_toml():
     text = (
+        "a1.sources = r1\na1.channels = c1\na1.sinks = k1\n"
         "a1.sources.r1.type = taildir\n"
         "a1.sources.r1.channels = c1\n"
         "a1.sources.r1.filegroups = f1 f2\n"

@@ -16,7 +16,7 @@ from flumed.channels.kafka import KafkaChannel, KafkaChannelConfig
 from flumed.config.keys import parse
 from flumed.errors import ChannelError
 from flumed.event import Event
-from flumed.kafka_common import decode_flume_event
+from flumed.kafka.codec import decode_flume_event
 from tests.integration.kafka.support import read_json_lines
 from tests.integration.kafka_broker import consume, create_topics
 from tests.util import free_port, wait_until_sync

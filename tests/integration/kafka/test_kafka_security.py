@@ -7,7 +7,9 @@ protocol, the TLS handshake and the SASL exchange are all real.
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import subprocess
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -149,6 +151,39 @@ async def test_tls_with_pem_truststore(tansu, tls_files, tmp_path):
             },
         )
         assert sink.counter.ConnectionFailedCount == 1
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.skipif(shutil.which("keytool") is None, reason="keytool (Java) is not installed")
+async def test_tls_with_jks_truststore_made_by_keytool(tansu, tls_files, tmp_path):
+    """Flume's guide spells Kafka TLS with a `.jks` truststore and its password."""
+    server_ctx, ca_pem = tls_files
+    jks = tmp_path / "truststore.jks"
+    subprocess.run(
+        [
+            *("keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", str(ca_pem)),
+            *("-storetype", "JKS", "-keystore", str(jks), "-storepass", "trust-pw"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proxy_port = free_port()
+    broker: TansuBroker = tansu(advertised_port=proxy_port)
+    proxy = TcpProxy(broker.port, port=proxy_port, ssl_context=server_ctx).start()
+    try:
+        topic = _name("jks")
+        client = ssl.create_default_context(cafile=str(ca_pem))
+        await create_topics(
+            broker.bootstrap, {topic: 1}, security_protocol="SSL", ssl_context=client
+        )
+        keys = f"""
+"@security.protocol" = "SSL"
+"@ssl.truststore.location" = "{jks}"
+"@ssl.truststore.password" = "trust-pw"
+"""
+        out = tmp_path / "out.jsonl"
+        await _round_trip(_round_trip_conf(broker.bootstrap, topic, out, keys), out)
     finally:
         proxy.stop()
 

@@ -11,7 +11,7 @@ from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
 from flumed.config.keys import parse
 from flumed.errors import DeliveryError
 from flumed.event import Event
-from flumed.kafka_common import decode_flume_event
+from flumed.kafka.codec import decode_flume_event
 from flumed.sinks.kafka import KafkaSink, KafkaSinkConfig
 from flumed.sources.base import Status
 from tests.integration.kafka_broker import consume, create_topics

@@ -14,7 +14,8 @@ from aiokafka import AIOKafkaProducer
 from flumed.agent import Agent
 from flumed.config.graph import build_agent
 from flumed.event import Event
-from flumed.kafka_common import Partitioner, decode_flume_event, encode_flume_event, produce
+from flumed.kafka.codec import decode_flume_event, encode_flume_event
+from flumed.kafka.produce import Partitioner, produce
 from tests.integration.kafka.support import read_json_lines
 from tests.integration.kafka_broker import consume, create_topics
 from tests.util import wait_until, wait_until_sync

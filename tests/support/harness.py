@@ -1,4 +1,8 @@
-"""A source wired to a memory channel inside the test's own event loop."""
+"""A source wired to a memory channel inside the test's own event loop.
+
+`memory_channel()` and `wire()` are the two steps; `SourceHarness` does both and starts
+them (`async with`), `on_uvloop` runs a test on uvloop as the daemon runs.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,32 @@ from typing import Any
 
 import uvloop
 
+from flumed.channels.base import Channel
 from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
-from flumed.config.keys import parse
+from flumed.config.keys import flatten, parse
 from flumed.event import Event
 from flumed.routing.processor import ChannelProcessor
 from flumed.routing.selectors import SelectorConfig, build_selector
+
+
+def memory_channel(
+    capacity: int = 100_000, transaction_capacity: int = 10_000, keep_alive: float = 3.0
+) -> MemoryChannel:
+    """A memory channel `c1` (not started)."""
+    return MemoryChannel(
+        "c1",
+        MemoryChannelConfig(
+            capacity=capacity, transactionCapacity=transaction_capacity, keep_alive=keep_alive
+        ),
+    )
+
+
+def wire(source_cls: type, conf: dict[str, Any], channel: Channel) -> Any:
+    """Source `r1` of `source_cls` from `conf` (its keys as a user writes them, flat or
+    nested), delivering to `channel` (not started)."""
+    source = source_cls("r1", parse(source_cls.Config, flatten(conf), "sources.r1"))
+    source.processor = ChannelProcessor(build_selector([channel], SelectorConfig()), [])
+    return source
 
 
 class SourceHarness:
@@ -31,18 +56,8 @@ class SourceHarness:
         transaction_capacity: int = 10_000,
         keep_alive: float = 3.0,
     ) -> None:
-        self.channel = MemoryChannel(
-            "c1",
-            MemoryChannelConfig(
-                capacity=capacity,
-                transactionCapacity=transaction_capacity,
-                keep_alive=keep_alive,
-            ),
-        )
-        self.source = source_cls("r1", parse(source_cls.Config, conf, "sources.r1"))
-        self.source.processor = ChannelProcessor(
-            build_selector([self.channel], SelectorConfig()), []
-        )
+        self.channel = memory_channel(capacity, transaction_capacity, keep_alive)
+        self.source = wire(source_cls, conf, self.channel)
 
     async def __aenter__(self) -> SourceHarness:
         await self.channel.start()
