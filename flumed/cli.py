@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from flumed import __version__, registry, systemd, workers
-from flumed.agent import DEFAULT_GRACE, Agent
+from flumed.agent import DEFAULT_GRACE, Agent, ReloadError
 from flumed.config.graph import AgentSpec, agent_names, build_agent
 from flumed.config.loader import is_properties, load_config
 from flumed.config.preflight import preflight
@@ -121,7 +121,10 @@ class AgentProcess:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await t
+                try:
+                    await t
+                except Exception:  # the agent must still be stopped and drained
+                    log.exception("Task %s had failed.", t.get_name())
         if self.metrics is not None:
             await self.metrics.stop()
         await self.agent.stop()
@@ -134,24 +137,36 @@ class AgentProcess:
         return self.agent.health() if self.agent else {}
 
     async def _reload_loop(self) -> None:
-        assert self.agent is not None
+        """Serve SIGHUPs one at a time, for the life of the process: no error of one
+        reload ends the loop (later reloads keep working, shutdown still drains)."""
         while True:
             await self._reloads.get()
             systemd.notify("RELOADING=1")
-            log.info("Received SIGHUP: reloading %s.", self.args.file)
             try:
-                spec = load_spec(self.args.file, self.agent.name, sysprops(self.args))
-            except ConfigError as e:
-                log.error("Reload refused; the running configuration stays. Errors:")
-                for p in e.problems:
-                    log.error("%s", p)
-                systemd.notify("READY=1")
-                continue
-            try:
-                await self.agent.reload(spec)
-            except ComponentStartError as e:
-                log.error("Reload incomplete: %s", e)
+                await self._reload_once()
+            except Exception:
+                log.exception(
+                    "Reload failed with an unexpected error; the agent runs on with what is "
+                    "running. Fix the configuration and send SIGHUP again."
+                )
             systemd.notify("READY=1")
+
+    async def _reload_once(self) -> None:
+        assert self.agent is not None
+        log.info("Received SIGHUP: reloading %s.", self.args.file)
+        try:
+            spec = load_spec(self.args.file, self.agent.name, sysprops(self.args))
+        except ConfigError as e:
+            log.error("Reload refused; the running configuration stays. Errors:")
+            for p in e.problems:
+                log.error("%s", p)
+            return
+        try:
+            await self.agent.reload(spec)
+        except ReloadError as e:
+            log.error("%s", e)
+        except ComponentStartError as e:
+            log.error("Reload incomplete: %s", e)
 
 
 def prepare_runtime() -> None:

@@ -31,6 +31,11 @@ class Status(enum.Enum):
     BACKOFF = "BACKOFF"
 
 
+#: How long a component's own task may take to finish after being asked to stop, when the
+#: agent gives no deadline of its own.
+DEFAULT_STOP_TIMEOUT = 5.0
+
+
 class Component:
     """Base of sources, channels and sinks.
 
@@ -50,7 +55,16 @@ class Component:
         self.name = name
         self.config = config
         self.state = LifecycleState.IDLE
+        #: The agent's one shutdown deadline (monotonic), set before it calls `stop()`.
+        self.stop_deadline: float | None = None
         self._problems: dict[str, tuple[str, float]] = {}
+
+    def stop_timeout(self, default: float = DEFAULT_STOP_TIMEOUT) -> float:
+        """Seconds `stop()` may wait for owned tasks: what is left of the agent's shutdown
+        deadline (`--grace`), or `default` when stopped outside an agent shutdown."""
+        if self.stop_deadline is None:
+            return default
+        return max(0.0, self.stop_deadline - time.monotonic())
 
     def report_problem(self, what: str, key: str = "") -> None:
         """Called by the component while something keeps it from working (an unreadable
@@ -79,11 +93,6 @@ class Component:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.state.value})"
-
-
-#: How long a component's own task may take to finish after being asked to stop, when the
-#: agent gives no deadline of its own.
-DEFAULT_STOP_TIMEOUT = 5.0
 
 
 async def stop_task(

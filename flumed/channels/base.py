@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from flumed.counters import ChannelCounter
-from flumed.errors import ChannelError
+from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 from flumed.lifecycle import Component
 
@@ -131,6 +131,21 @@ class Transaction:
         await self._do_rollback()
 
     # -- for subclasses --------------------------------------------------------------
+    def _check_capacity(self, staged: int, adding: int) -> None:
+        """Raise the standard ChannelError when a transaction holding `staged` events
+        would pass the channel's transactionCapacity with `adding` more."""
+        cap = self.channel.transaction_capacity
+        if staged + adding > cap:
+            raise ChannelError(
+                f"Channel {self.channel.name}: a transaction of {staged + adding} events "
+                f"exceeds transactionCapacity {cap}; raise transactionCapacity or lower the "
+                "source's batch size."
+            )
+
+    def _take_room(self, taken: int, max_events: int) -> int:
+        """How many events a take may return when the transaction already holds `taken`."""
+        return min(max_events, self.channel.transaction_capacity - taken)
+
     async def _do_put(self, events: Sequence[Event]) -> None:
         raise NotImplementedError
 
@@ -161,6 +176,14 @@ class Channel(Component):
 
     def transaction(self) -> Transaction:
         raise NotImplementedError
+
+    def full_error(self, n: int, used: int) -> ChannelFullError:
+        """The error of a put of `n` events that found no room within keep-alive."""
+        return ChannelFullError(
+            f"Channel {self.name} is full: {n} events did not fit in "
+            f"{self.config.keep_alive}s (capacity {self.capacity}, {used} in use). Sinks are "
+            "likely not keeping up with sources, or the channel is too small."
+        )
 
     @property
     def size(self) -> int:

@@ -50,11 +50,14 @@ from flumed.channels.file_crypto import (
     blob_key,
     is_encrypted,
 )
-from flumed.channels.memory import MemoryChannel, _Waiters
+from flumed.channels.memory import MemoryChannel
+from flumed.channels.waiters import Waiters
 from flumed.config.keys import ignored, key, prefix
 from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
+from flumed.lifecycle import Backoff, stop_task
+from flumed.logs import RateLimitedLog
 
 log = logging.getLogger("flumed.channels.file")
 
@@ -111,6 +114,13 @@ VACUUM_STEP_PAGES = 4096
 #: Rows read back in one query by a take.
 LOAD_ROWS = 64
 WARN_INTERVAL = 10.0
+#: Least seconds between two attempts to give space back when the disk is short of it.
+RECLAIM_INTERVAL = 1.0
+#: Pages freed per step when giving space back on a short disk (1 MB of WAL a step).
+RECLAIM_STEP_PAGES = 256
+#: Backoff (seconds) between probes of a database whose take commits failed.
+PROBE_INCREMENT = 0.5
+PROBE_MAX = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +432,17 @@ def _advance(
 class _Op:
     """One commit handed to the writer: new rows (a put), pieces (a take) or quarantine."""
 
-    __slots__ = ("fut", "n", "orphaned", "pieces", "quarantine", "rows", "state")
+    __slots__ = (
+        "fut",
+        "n",
+        "orphaned",
+        "pieces",
+        "probe",
+        "quarantine",
+        "reclaim",
+        "rows",
+        "state",
+    )
 
     PENDING, DONE, FAILED = 0, 1, 2
 
@@ -440,6 +460,10 @@ class _Op:
         self.pieces = pieces or []
         self.quarantine = quarantine or []
         self.state = _Op.PENDING
+        #: A small test write (the database could not record takes): see _probe_loop.
+        self.probe = False
+        #: Give free pages and the WAL back to the file system (the disk is short).
+        self.reclaim = False
         # The take's owner was cancelled while waiting: the writer puts the pieces back
         # if the write fails (the transaction's rollback could not know the outcome).
         self.orphaned = False
@@ -462,29 +486,22 @@ class FileTransaction(Transaction):
 
     async def _do_put(self, events: Sequence[Event]) -> None:
         ch = self.channel
-        if len(self._put) + len(events) > ch.config.transactionCapacity:
-            raise ChannelError(
-                f"Channel {ch.name}: a transaction of {len(self._put) + len(events)} events "
-                f"exceeds transactionCapacity {ch.config.transactionCapacity}; raise "
-                "transactionCapacity or lower the source's batch size."
-            )
+        self._check_capacity(len(self._put), len(events))
         self._put.extend(events)
         ch.counter.EventPutAttemptCount += len(events)
 
     async def _do_take(self, max_events: int, timeout: float) -> list[Event]:
         ch = self.channel
         ch._check_open()
-        room = ch.config.transactionCapacity - self._ntaken
-        if max_events > room:
-            max_events = room
+        max_events = self._take_room(self._ntaken, max_events)
         q = ch._queue
-        if not q and timeout > 0:
-            deadline = time.monotonic() + timeout
-            while not q:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await ch._not_empty.wait(remaining):
-                    break
+        if (not q or ch._takes_blocked) and timeout > 0:
+            await ch._not_empty.wait_until(lambda: bool(q) and not ch._takes_blocked, timeout)
         ch.counter.EventTakeAttemptCount += 1
+        if ch._takes_blocked:
+            # Takes cannot be recorded: handing out a batch would only have the sink
+            # deliver it, fail to commit, and deliver it again.
+            return []
         out: list[Event] = []
         need = max_events
         while need > 0 and q:
@@ -508,7 +525,7 @@ class FileTransaction(Transaction):
         if self._put:
             n = len(self._put)
             ch._check_open()
-            ch._check_space()
+            await ch._check_space()
             await ch._reserve(n)
             op = _Op(asyncio.get_running_loop().create_future(), n, rows=[ch._new_row(self._put)])
             self._op = op
@@ -562,8 +579,8 @@ class FileChannel(Channel):
         self._live_bytes = 0
         self._cached_bytes = 0
         self._next_id = 1
-        self._not_empty = _Waiters()
-        self._not_full = _Waiters()
+        self._not_empty = Waiters()
+        self._not_full = Waiters()
         self._db: aiosqlite.Connection | None = None  # the writer's
         # Takes read batches back on their own connection (and thread), so that a read
         # never queues behind the writer's fsync; WAL lets it read while the writer writes.
@@ -575,7 +592,17 @@ class FileChannel(Channel):
         self._closing = False
         self._freed = 0
         self._adopted: list[Event] = []
-        self._last_warn = 0.0
+        # One rate-limited log per distinct warning: a low disk must not silence write
+        # failures, nor the reverse.
+        self._space_log = RateLimitedLog(log, WARN_INTERVAL)
+        self._write_log = RateLimitedLog(log, WARN_INTERVAL)
+        self._vacuum_log = RateLimitedLog(log, WARN_INTERVAL)
+        self._last_reclaim = -RECLAIM_INTERVAL
+        self._freed_since_reclaim = 1  # (the database may hold free pages at start)
+        #: Set when a take commit could not be written; cleared by the next good write.
+        self._takes_blocked = False
+        self._probe: asyncio.Task[None] | None = None
+        self._probe_stop = asyncio.Event()
         self._encryption = EncryptionConfig.from_prefix(config.encryption)[0]
         self._ring: KeyRing | None = None
 
@@ -594,10 +621,8 @@ class FileChannel(Channel):
         channel replaced by one with another directory leaves its events in its own
         database (served again when a channel points there).
         """
-        if isinstance(old, MemoryChannel) and old._queue:
-            self._adopted = list(old._queue)
-            old._queue.clear()
-            old._used -= len(self._adopted)
+        if isinstance(old, MemoryChannel):
+            self._adopted = old.hand_over()
         elif isinstance(old, FileChannel) and old.path != self.path and old.size:
             log.warning(
                 "Channel %s moves from %s to %s; the %d events in the old database stay "
@@ -617,6 +642,8 @@ class FileChannel(Channel):
                 (the message names the file and how to recover), or an OS error.
         """
         self._closing = False
+        self._takes_blocked = False
+        self._probe_stop.clear()
         if self._encryption is not None:
             try:
                 self._ring = await asyncio.to_thread(self._encryption.load)
@@ -657,6 +684,9 @@ class FileChannel(Channel):
         start).
         """
         self._closing = True
+        self._probe_stop.set()
+        probe, self._probe = self._probe, None
+        await stop_task(probe, self.stop_timeout(), who=f"Channel {self.name} probe")
         self._ops_ready.set()
         writer, self._writer = self._writer, None
         if writer is not None:
@@ -847,41 +877,55 @@ class FileChannel(Channel):
         if self._db is None or self._closing:
             raise ChannelError(f"Channel {self.name} is not running.")
 
-    def _check_space(self) -> None:
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    async def _check_space(self) -> None:
+        """Refuse a put while the disk has less than minimumRequiredSpace free. Before
+        refusing, the database gives its free pages and its WAL back to the file system
+        (when rows were deleted since it last did, at most once per RECLAIM_INTERVAL
+        unless the channel is empty): an emptied channel finds its space again.
+
+        Raises:
+            ChannelFullError: still short of space.
+        """
         need = self.config.minimumRequiredSpace
         if not need:
             return
-        st = os.statvfs(self.directory)
-        free = st.f_bavail * st.f_frsize
+        free = self._free_bytes()
         if free >= need:
             return
+        now = time.monotonic()
+        if self._freed_since_reclaim and (
+            now - self._last_reclaim >= RECLAIM_INTERVAL or not self._queue
+        ):
+            self._last_reclaim = now
+            self._freed_since_reclaim = 0
+            fut = asyncio.get_running_loop().create_future()
+            op = _Op(fut)
+            op.reclaim = True
+            self._submit(op)
+            with contextlib.suppress(ChannelError):
+                await asyncio.shield(fut)
+            free = self._free_bytes()
+            if free >= need:
+                return
         msg = (
             f"Channel {self.name}: {free / MB:.1f} MB free on the file system of "
             f"{self.directory}, below minimumRequiredSpace ({need / MB:.1f} MB); puts are "
             "refused until space is freed."
         )
-        now = time.monotonic()
-        if now - self._last_warn >= WARN_INTERVAL:
-            self._last_warn = now
-            log.warning("%s", msg)
+        self._space_log.warn("%s", msg)
         raise ChannelFullError(msg)
 
     async def _reserve(self, n: int) -> None:
         """Reserve room for `n` events, waiting up to keep-alive. Raises ChannelFullError."""
-        cap = self.config.capacity
-        if self._used + n > cap:
-            deadline = time.monotonic() + self.config.keep_alive
-            while self._used + n > cap:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await self._not_full.wait(remaining):
-                    if self._used + n <= cap:
-                        break
-                    raise ChannelFullError(
-                        f"Channel {self.name} is full: {n} events did not fit in "
-                        f"{self.config.keep_alive}s (capacity {cap}, {self._used} in use). "
-                        "Sinks are likely not keeping up with sources, or the channel is "
-                        "too small."
-                    )
+        cap = self.capacity
+        if self._used + n > cap and not await self._not_full.wait_until(
+            lambda: self._used + n <= cap, self.config.keep_alive
+        ):
+            raise self.full_error(n, self._used)
         self._used += n
 
     def _new_row(self, events: list[Event]) -> _Row:
@@ -1078,9 +1122,16 @@ class FileChannel(Channel):
                 offsets.append((row.id, first))
             plans.append((row, first, done))
         q_ids = [(r.id,) for r, _ in quarantine]
+        probe = any(op.probe for op in ops)
+        reclaim = any(op.reclaim for op in ops)
         try:
             if db is None:
                 raise ValueError("the database is closed")
+            if probe:
+                # Row 0 is never a batch: written and deleted again, it costs a take's
+                # kind of write (a page of `offsets`) and leaves nothing behind.
+                await db.execute("INSERT OR REPLACE INTO offsets (id, first) VALUES (0, 0)")
+                await db.execute("DELETE FROM offsets WHERE id = 0")
             if inserts:
                 await db.executemany(INSERT_BATCH, inserts)
             if quarantine:
@@ -1107,6 +1158,12 @@ class FileChannel(Channel):
             return
         # Durable: apply to memory.
         self.counter.Unhealthy = 0
+        if self._takes_blocked:
+            self._takes_blocked = False
+            log.warning(
+                "Channel %s: writes to %s succeed again; takes resume.", self.name, self.path
+            )
+            self._not_empty.notify()
         freed = 0
         for row, first, done in plans:
             row.first, row.done = first, done
@@ -1118,6 +1175,7 @@ class FileChannel(Channel):
                     row.events = None
         self._live_bytes -= freed
         self._freed += freed
+        self._freed_since_reclaim += freed
         added = False
         notify_full = False
         for op in ops:
@@ -1140,7 +1198,9 @@ class FileChannel(Channel):
             self._not_empty.notify()
         if notify_full:
             self._not_full.notify()
-        if self._freed >= VACUUM_CHECK_BYTES or (self._freed and not self._queue):
+        if reclaim:
+            await self._reclaim()
+        elif self._freed >= VACUUM_CHECK_BYTES or (self._freed and not self._queue):
             await self._vacuum()
 
     def _fail(self, ops: list[_Op], e: BaseException) -> None:
@@ -1148,10 +1208,7 @@ class FileChannel(Channel):
             getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e).lower()
         )
         msg = f"Channel {self.name}: writing to {self.path} failed: {e}"
-        now = time.monotonic()
-        if now - self._last_warn >= WARN_INTERVAL:
-            self._last_warn = now
-            log.warning("%s", msg)
+        self._write_log.warn("%s", msg)
         refunded = False
         self.counter.Unhealthy = 1
         for op in ops:
@@ -1162,12 +1219,73 @@ class FileChannel(Channel):
                 refunded = True
             elif op.pieces:
                 self.counter.EventTakeErrorCount += 1
+                self._block_takes(msg)
             if op.orphaned:
                 self._return(op.pieces)
             if op.fut is not None and not op.fut.done():
                 op.fut.set_exception(ChannelFullError(msg) if full else ChannelError(msg))
         if refunded:
             self._not_full.notify()
+
+    def _block_takes(self, why: str) -> None:
+        """A take commit could not be written: hand out no batch until a write succeeds
+        (probed with a growing backoff), so a sink does not deliver the same batch again
+        and again. The channel reports Unhealthy = 1 meanwhile."""
+        if not self._takes_blocked:
+            self._takes_blocked = True
+            log.error(
+                "Channel %s: a take could not be recorded (%s); takes are paused until "
+                "%s can be written again (the channel reports Unhealthy).",
+                self.name,
+                why,
+                self.path,
+            )
+        if (self._probe is None or self._probe.done()) and not self._closing:
+            self._probe = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
+
+    async def _probe_loop(self) -> None:
+        """Owned by the channel while takes are blocked: try a small write now and then."""
+        backoff = Backoff(PROBE_INCREMENT, PROBE_MAX)
+        while self._takes_blocked and not self._closing:
+            await backoff.wait(self._probe_stop)
+            if self._closing or not self._takes_blocked:
+                return
+            fut = asyncio.get_running_loop().create_future()
+            op = _Op(fut)
+            op.probe = True
+            self._submit(op)
+            with contextlib.suppress(ChannelError):
+                await asyncio.shield(fut)
+
+    async def _reclaim(self) -> None:
+        """Give every free page and the WAL back to the file system (the disk is short)."""
+        db = self._db
+        assert db is not None
+        self._freed = 0
+        try:
+            # The WAL first: moving pages needs room in it, and on a full disk only a
+            # checkpoint gives that back. Then free pages in slices, each checkpointed.
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for _ in range(1 << 16):
+                free = next(iter(await db.execute_fetchall("PRAGMA freelist_count")))[0]
+                if not free:
+                    break
+                step = min(RECLAIM_STEP_PAGES, self._step_for_disk())
+                await db.executescript(f"PRAGMA incremental_vacuum({step});")
+                await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, ValueError) as e:
+            self._vacuum_log.warn(
+                "Channel %s: giving space back from %s failed: %s", self.name, self.path, e
+            )
+
+    def _step_for_disk(self) -> int:
+        """Pages one vacuum step may move: each moved page is written to the WAL first,
+        so a step must fit in a quarter of the free disk (at least 16 pages)."""
+        try:
+            free = self._free_bytes()
+        except OSError:
+            return 16
+        return max(16, free // (4 * PAGE_SIZE))
 
     async def _vacuum(self) -> None:
         """Give free pages back to the file system once enough rows were deleted."""
@@ -1179,10 +1297,12 @@ class FileChannel(Channel):
             keep = (VACUUM_KEEP_BYTES + self._live_bytes // 2) // PAGE_SIZE
             if free <= 2 * keep:
                 return
-            step = min(free - keep, VACUUM_STEP_PAGES)
+            step = min(free - keep, VACUUM_STEP_PAGES, self._step_for_disk())
             # executescript steps the pragma to the end; execute() would free one page.
             await db.executescript(f"PRAGMA incremental_vacuum({step});")
             if free - step > 2 * keep:
                 self._freed = VACUUM_CHECK_BYTES  # more to give back after the next write
         except (sqlite3.Error, ValueError) as e:
-            log.warning("Channel %s: reclaiming space in %s failed: %s", self.name, self.path, e)
+            self._vacuum_log.warn(
+                "Channel %s: reclaiming space in %s failed: %s", self.name, self.path, e
+            )

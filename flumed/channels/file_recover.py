@@ -8,11 +8,14 @@ Run with the agent stopped (it takes the directory's lock, as a channel does):
    never written to again: it stays for inspection.
 2. Every readable batch is read from a scratch copy: a forward scan by id, a backward
    scan, then each id between them one at a time, so that one damaged page costs only
-   the rows on it. A batch whose checksum or encoding is wrong is left out.
+   the rows on it. A batch whose checksum or encoding is wrong is left out. A file cut
+   short (shorter than its header says) is padded back to its size with zeros first,
+   so SQLite reads every page that is still there.
 3. The readable batches go into a fresh database under the original name, in their
    order and with their taken-offsets, fsynced; the channel starts from it.
 
 The report says how many events and batches were saved and how many batches were lost.
+The command exits 1 when it saved nothing from a file that held data (or was damaged).
 Blocking I/O on purpose: this is a command-line tool, not part of the daemon.
 """
 
@@ -23,6 +26,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import struct
 import sys
 import time
 import zlib
@@ -45,6 +49,8 @@ from flumed.errors import ChannelError
 
 #: Ids probed one by one between the forward and the backward scan, at most.
 MAX_PROBES = 10_000_000
+#: Pages of an empty channel database: the header/schema page, a pointer map, 3 tables.
+EMPTY_PAGES = 5
 
 Row = tuple[int, int, int, bytes]  # id, count, crc, data
 
@@ -57,6 +63,9 @@ class Report:
     events: int = 0
     lost_batches: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Evidence the file held events (pages in use, cut short, unreadable batches):
+    #: saving nothing from it is then a failure.
+    held_data: bool = False
 
     def text(self) -> str:
         lost = self.lost_batches
@@ -102,6 +111,31 @@ def _readable(row: Row) -> bool:
         return len(decode_batch(data)) == count
     except (ValueError, TypeError):
         return False
+
+
+def pad_truncated(path: Path, report: Report) -> None:
+    """A database cut short: pad it with zeros to the size its header records (and to
+    whole pages), so the pages still there can be read. Notes what it did in `report`;
+    also notes whether the file held data (pages in use beyond an empty database)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return  # not a database at all: no evidence it held anything
+    (page_size,) = struct.unpack_from(">H", head, 16)
+    page_size = 65536 if page_size == 1 else page_size
+    pages, free = struct.unpack_from(">I", head, 28)[0], struct.unpack_from(">I", head, 36)[0]
+    if pages - free > EMPTY_PAGES:
+        report.held_data = True
+    want = max(pages * page_size, -(-size // page_size) * page_size)
+    if want > size:
+        report.held_data = True
+        with open(path, "r+b") as f:
+            f.truncate(want)
+        report.notes.append(
+            f"The file was {want - size} bytes shorter than its header says (cut short); "
+            "the missing part was read as empty pages."
+        )
 
 
 def salvage(path: Path, report: Report) -> tuple[list[Row], dict[int, int]]:
@@ -173,6 +207,7 @@ def salvage(path: Path, report: Report) -> tuple[list[Row], dict[int, int]]:
                 conn.execute("SELECT count(*) FROM batches").fetchone()
                 return rows, offsets  # readable and empty
             report.notes.append("The table of batches cannot be read at all.")
+            report.held_data = True
         return rows, offsets
     finally:
         conn.close()
@@ -228,6 +263,7 @@ def recover(path: Path) -> Report:
         if side.exists() and suffix == "-wal":
             shutil.copyfile(side, f"{scratch}{suffix}")
     try:
+        pad_truncated(scratch, report)
         rows, offsets = salvage(scratch, report)
     finally:
         for p in (scratch, *(s for s, _ in _sidecars(scratch))):
@@ -248,6 +284,8 @@ def recover(path: Path) -> Report:
     _fsync_dir(path.parent)
     report.batches = len(rows)
     report.events = sum(r[1] - offsets.get(r[0], 0) for r in rows)
+    if report.lost_batches:
+        report.held_data = True
     return report
 
 
@@ -283,6 +321,13 @@ def cmd_recover(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     print(report.text())
+    if report.events == 0 and report.held_data:
+        print(
+            f"flumed file-channel-recover: nothing could be saved from {path}, which held "
+            f"data or was damaged; the file is kept as {report.moved_to}.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from flumed.channels.base import Channel, Transaction
+from flumed.channels.waiters import Waiters
 from flumed.config.keys import key
-from flumed.errors import ChannelError, ChannelFullError
 from flumed.event import Event
 
 
@@ -36,27 +34,6 @@ class MemoryChannelConfig:
         return []
 
 
-class _Waiters:
-    """Wake every waiter when something changes; each re-checks its own condition."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait for the next notify, up to `timeout` s. Returns False on timeout."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-
 class MemoryTransaction(Transaction):
     __slots__ = ("_put", "_put_bytes", "_taken", "_taken_bytes")
 
@@ -71,12 +48,7 @@ class MemoryTransaction(Transaction):
 
     async def _do_put(self, events: Sequence[Event]) -> None:
         ch = self.channel
-        if len(self._put) + len(events) > ch.config.transactionCapacity:
-            raise ChannelError(
-                f"Channel {ch.name}: a transaction of {len(self._put) + len(events)} events "
-                f"exceeds transactionCapacity {ch.config.transactionCapacity}; raise "
-                "transactionCapacity or lower the source's batch size."
-            )
+        self._check_capacity(len(self._put), len(events))
         self._put.extend(events)
         if ch.byte_limit:
             self._put_bytes += sum(len(e.body) for e in events)
@@ -84,16 +56,10 @@ class MemoryTransaction(Transaction):
 
     async def _do_take(self, max_events: int, timeout: float) -> list[Event]:
         ch = self.channel
-        room = ch.config.transactionCapacity - len(self._taken)
-        if max_events > room:
-            max_events = room
+        max_events = self._take_room(len(self._taken), max_events)
         q = ch._queue
         if not q and timeout > 0:
-            deadline = time.monotonic() + timeout
-            while not q:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await ch._not_empty.wait(remaining):
-                    break
+            await ch._not_empty.wait_until(lambda: bool(q), timeout)
         n = min(max_events, len(q))
         ch.counter.EventTakeAttemptCount += 1
         if n == 0:
@@ -113,18 +79,9 @@ class MemoryTransaction(Transaction):
         ch = self.channel
         if self._put:
             n = len(self._put)
-            deadline = time.monotonic() + ch.config.keep_alive
-            while not ch._fits(n, self._put_bytes):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await ch._not_full.wait(remaining):
-                    if ch._fits(n, self._put_bytes):
-                        break
-                    raise ChannelFullError(
-                        f"Channel {ch.name} is full: {n} events did not fit in "
-                        f"{ch.config.keep_alive}s (capacity {ch.config.capacity}, "
-                        f"{ch._used} in use). Sinks are likely not keeping up with sources, "
-                        "or the channel is too small."
-                    )
+            nbytes = self._put_bytes
+            if not await ch._not_full.wait_until(lambda: ch._fits(n, nbytes), ch.config.keep_alive):
+                raise ch.full_error(n, ch._used)
             ch._queue.extend(self._put)
             ch._used += n
             ch._bytes += self._put_bytes
@@ -166,8 +123,8 @@ class MemoryChannel(Channel):
         self._bytes = 0
         pct = config.byteCapacityBufferPercentage
         self.byte_limit = int(config.byteCapacity * (100 - pct) / 100) if config.byteCapacity else 0
-        self._not_empty = _Waiters()
-        self._not_full = _Waiters()
+        self._not_empty = Waiters()
+        self._not_full = Waiters()
 
     def _fits(self, n: int, nbytes: int) -> bool:
         if self._used + n > self.config.capacity:
@@ -181,16 +138,24 @@ class MemoryChannel(Channel):
     def size(self) -> int:
         return self._used
 
+    def hand_over(self) -> list[Event]:
+        """Remove and return every queued event, in order (for the channel that replaces
+        this one on reload; called once its sources and sinks stopped)."""
+        events = list(self._queue)
+        self._queue.clear()
+        self._used -= len(events)
+        if self.byte_limit:
+            self._bytes -= sum(len(e.body) for e in events)
+        return events
+
     def adopt(self, old: Channel) -> None:
         """Take over the queued events of the channel this one replaces on reload.
 
         Called by the agent after the old channel's sources and sinks stopped. The
         events keep their order; they may exceed a smaller new capacity until drained.
         """
-        if isinstance(old, MemoryChannel) and old._queue:
-            self._queue.extend(old._queue)
-            n = len(old._queue)
-            self._used += n
-            self._bytes += sum(len(e.body) for e in old._queue) if self.byte_limit else 0
-            old._queue.clear()
-            old._used -= n
+        if isinstance(old, MemoryChannel):
+            events = old.hand_over()
+            self._queue.extend(events)
+            self._used += len(events)
+            self._bytes += sum(len(e.body) for e in events) if self.byte_limit else 0

@@ -32,7 +32,8 @@ from typing import Any
 
 from flumed.channels.base import Channel, Transaction, TxState
 from flumed.channels.file import FileChannel, FileChannelConfig
-from flumed.channels.memory import MemoryChannel, MemoryChannelConfig, _Waiters
+from flumed.channels.memory import MemoryChannel, MemoryChannelConfig
+from flumed.channels.waiters import Waiters
 from flumed.config.keys import key, prefix
 from flumed.counters import ChannelCounter
 from flumed.errors import ChannelError, ChannelFullError
@@ -324,8 +325,8 @@ class SpillableMemoryChannel(Channel):
         )
         self.counter.overflow = self.overflow.counter if self.overflow is not None else None
         self._order: deque[list[Any]] = deque()
-        self._not_empty = _Waiters()
-        self._mem_room = _Waiters()
+        self._not_empty = Waiters()
+        self._mem_room = Waiters()
         self._take_lock = asyncio.Lock()
         self._overflow_active = False
 

@@ -20,6 +20,12 @@ one task owned by the source:
   file) is reported (ERROR, EventReadFail) and renamed to `<name>.FAILED`. Flume
   stops the whole source in both cases; flumed keeps serving the rest of the
   directory.
+
+Symlinks: the source never leaves `spoolDir`. A symbolic link (to a file or a directory)
+is never followed, whatever `recursiveDirectorySearch` says: it is skipped and logged
+(rate-limited). A file is opened with O_NOFOLLOW and its resolved path must lie inside
+the spool directory; it is renamed or deleted only when the name still is the file that
+was read. Directory loops (bind mounts) are cut by remembering each directory visited.
 """
 
 from __future__ import annotations
@@ -27,33 +33,32 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import io
-import itertools
 import json
 import logging
 import os
 import random
 import re
-import time
-from collections.abc import Iterator
+import stat
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
-
-import fastavro
-import fastavro.schema
+from typing import Any, Literal
 
 from flumed.config.keys import ignored, key
 from flumed.errors import ChannelError, ComponentStartError
 from flumed.event import Event
 from flumed.lifecycle import LifecycleState
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
+from flumed.sources.spooldir_deserializers import (
+    _AvroReader,
+    _BlobReader,
+    _Current,
+    _FileFailed,
+    _LineReader,
+    _Reader,
+)
 
 log = logging.getLogger("flumed.sources.spooldir")
 
-#: Bytes read from a file at once (LINE): big enough that the per-read cost vanishes.
-CHUNK = 1 << 20
-#: A line with no newline within this many bytes is cut here, so memory stays bounded.
-MAX_PENDING = 64 << 20
 #: Suffixes given to files that could not be consumed cleanly; such files are skipped.
 CHANGED_SUFFIX = ".CHANGED"
 FAILED_SUFFIX = ".FAILED"
@@ -149,8 +154,12 @@ class SpoolDirConfig:
         return problems
 
 
-class _FileFailed(Exception):
-    """The current file cannot be read further (decode error under FAIL, corrupt Avro)."""
+def _fd_path(fd: int, path: str) -> str:
+    """The resolved path of an open file (Linux names it in /proc; elsewhere the name's)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
 
 
 class _Tracker:
@@ -184,249 +193,6 @@ class _Tracker:
         os.close(self.fd)
 
 
-class _Current:
-    """The file being consumed: identity, what it looked like when picked up, headers."""
-
-    __slots__ = ("dev", "fd", "headers", "ino", "mtime_ns", "path", "size", "start")
-
-    def __init__(self, path: str, fd: int, st: os.stat_result, start: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.dev = st.st_dev
-        self.ino = st.st_ino
-        self.size = st.st_size
-        self.mtime_ns = st.st_mtime_ns
-        self.start = start
-        self.headers: dict[str, str] = {}
-
-    def record(self, pos: int) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "dev": self.dev,
-            "ino": self.ino,
-            "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "pos": pos,
-        }
-
-
-class _LineReader:
-    """Lines of a text file (Flume's LineDeserializer). `pos` is the byte offset after
-    the last line handed out; lines longer than maxLineLength characters are split."""
-
-    def __init__(self, src: SpoolDirectorySource, cur: _Current) -> None:
-        cfg = src.config
-        self.src = src
-        self.cur = cur
-        self.pos = cur.start
-        self._read_pos = cur.start
-        self._rest = b""
-        self._bodies: list[bytes] = []
-        self._ends: list[int] | None = None  # None: body i consumed len(body) + 1 bytes
-        self._idx = 0
-        self._failure: str | None = None
-        self._eof = False
-        self._max = cfg.maxLineLength
-        self._in = codecs.lookup(cfg.inputCharset).name
-        self._out = codecs.lookup(cfg.outputCharset).name
-        self._errors = {"FAIL": "strict", "REPLACE": "replace", "IGNORE": "ignore"}[
-            cfg.decodeErrorPolicy
-        ]
-
-    async def read(self, n: int) -> list[bytes] | None:
-        """Up to `n` bodies; [] when more input is needed; None at EOF.
-
-        Raises:
-            _FileFailed: the file cannot be decoded (after its good lines were handed out).
-        """
-        while self._idx >= len(self._bodies):
-            if self._failure is not None:
-                raise _FileFailed(self._failure)
-            if self._eof:
-                return None
-            await self._fill()
-        i = self._idx
-        batch = self._bodies[i : i + n]
-        self._idx = i + len(batch)
-        if self._ends is None:
-            self.pos += sum(map(len, batch)) + len(batch)
-        else:
-            self.pos = self._ends[self._idx - 1]
-        return batch
-
-    async def _fill(self) -> None:
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, os.pread, self.cur.fd, CHUNK, self._read_pos)
-        base = self._read_pos - len(self._rest)
-        self._bodies, self._ends, self._idx = [], None, 0
-        if not data:
-            self._eof = True
-            if self._rest:
-                # A last line without a newline still is a line (Flume's readLine).
-                rest, self._rest = self._rest, b""
-                self._slow([rest], base, final=True)
-            return
-        self._read_pos += len(data)
-        if self._rest:
-            data = self._rest + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            if len(data) < MAX_PENDING:
-                self._rest = data
-            else:
-                # An endless line: cut it here, so memory stays bounded.
-                self._rest = b""
-                self._slow([data], base, final=True)
-            return
-        self._rest = data[cut + 1 :]
-        block = data[:cut]
-        lines = block.split(b"\n")
-        if self._in == self._out and max(map(len, lines)) <= self._max:
-            try:
-                block.decode(self._in)
-            except UnicodeDecodeError:
-                pass
-            else:
-                self._bodies = lines
-                return
-        self._slow(lines, base, final=False)
-
-    def _slow(self, lines: list[bytes], base: int, final: bool) -> None:
-        """Decode, split long lines and re-encode, line by line; ends are exact offsets."""
-        bodies: list[bytes] = []
-        ends: list[int] = []
-        pos = base
-        bad = 0
-        mx = self._max
-        for ln in lines:
-            start = pos
-            pos += len(ln) + (0 if final else 1)
-            try:
-                text = ln.decode(self._in)
-            except UnicodeDecodeError as e:
-                if self._errors == "strict":
-                    self._failure = (
-                        f"cannot decode byte offset {start + e.start} as {self._in} ({e.reason}); "
-                        "decodeErrorPolicy is FAIL"
-                    )
-                    self._eof = True
-                    break
-                bad += 1
-                text = ln.decode(self._in, self._errors)
-            if len(text) <= mx:
-                bodies.append(text.encode(self._out, "replace"))
-                ends.append(pos)
-                continue
-            pieces = [text[j : j + mx] for j in range(0, len(text), mx)]
-            bodies += [p.encode(self._out, "replace") for p in pieces]
-            # A batch ending inside a long line resumes at the line's start (repeats pieces).
-            ends += [start] * (len(pieces) - 1) + [pos]
-        if bad:
-            self.src.counter.EventReadFail += bad
-            self.src.warn(
-                "decode",
-                "Source %s: %d line(s) of %s had bytes undecodable as %s; decodeErrorPolicy "
-                "%s applied.",
-                self.src.name,
-                bad,
-                self.cur.path,
-                self._in,
-                self.src.config.decodeErrorPolicy,
-            )
-        self._bodies, self._ends = bodies, ends
-
-
-class _BlobReader:
-    """The whole file as one event (Flume's BlobDeserializer); files larger than
-    maxBlobLength become several events. `pos` is a byte offset."""
-
-    def __init__(self, src: SpoolDirectorySource, cur: _Current) -> None:
-        self.cur = cur
-        self.pos = cur.start
-        self._max = src.config.maxBlobLength
-
-    async def read(self, n: int) -> list[bytes] | None:
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, os.pread, self.cur.fd, self._max, self.pos)
-        if not data:
-            return None
-        self.pos += len(data)
-        return [data]
-
-
-class _AvroReader:
-    """Records of an Avro container file (Flume's AvroEventDeserializer): each body is
-    one record in Avro binary encoding with the file's schema; the header carries the
-    schema's CRC-64-AVRO fingerprint in hex (HASH) or the schema JSON (LITERAL).
-    `pos` counts records."""
-
-    def __init__(self, src: SpoolDirectorySource, cur: _Current) -> None:
-        self.src = src
-        self.cur = cur
-        self.pos = cur.start
-        self._it: Iterator[bytes] | None = None
-        self._fo: BinaryIO | None = None
-        self.header: tuple[str, str] = ("", "")
-
-    def _open(self) -> Iterator[bytes]:
-        fo = self._fo = open(self.cur.fd, "rb", buffering=CHUNK, closefd=False)  # noqa: SIM115
-        reader = fastavro.block_reader(fo)
-        schema = reader.writer_schema
-        raw = reader.metadata.get("avro.schema", "")
-        if self.src.config.schemaType == "HASH":
-            canon = fastavro.schema.to_parsing_canonical_form(schema)
-            self.header = (
-                "flume.avro.schema.hash",
-                fastavro.schema.fingerprint(canon, "CRC-64-AVRO"),
-            )
-        else:
-            self.header = ("flume.avro.schema.literal", raw)
-        parsed = fastavro.parse_schema(schema)
-        skip = self.pos
-
-        def records() -> Iterator[bytes]:
-            seen = 0
-            buf = io.BytesIO()
-            for block in reader:
-                if seen + block.num_records <= skip:
-                    seen += block.num_records
-                    continue
-                for rec in block:
-                    seen += 1
-                    if seen <= skip:
-                        continue
-                    buf.seek(0)
-                    buf.truncate()
-                    fastavro.schemaless_writer(buf, parsed, rec)
-                    yield buf.getvalue()
-
-        return records()
-
-    def _take(self, n: int) -> list[bytes]:
-        try:
-            if self._it is None:
-                os.lseek(self.cur.fd, 0, os.SEEK_SET)
-                self._it = self._open()
-            return list(itertools.islice(self._it, n))
-        except Exception as e:  # noqa: BLE001 - fastavro raises many types on a corrupt file
-            raise _FileFailed(f"not a readable Avro container file: {e!r}") from None
-
-    def close(self) -> None:
-        if self._fo is not None:
-            self._fo.close()  # closefd=False: the descriptor is the caller's
-
-    async def read(self, n: int) -> list[bytes] | None:
-        loop = asyncio.get_running_loop()
-        bodies = await loop.run_in_executor(None, self._take, n)
-        if not bodies:
-            return None
-        self.pos += len(bodies)
-        return bodies
-
-
-_Reader = _LineReader | _BlobReader | _AvroReader
-
-
 class SpoolDirectorySource(Source):
     """Consumes the files of `spoolDir`, one at a time, resuming mid-file after a restart.
 
@@ -444,19 +210,27 @@ class SpoolDirectorySource(Source):
         self._tracker: _Tracker | None = None
         self._queue: list[str] = []
         self._skip: set[str] = set()  # files that failed and could not be renamed
-        self._last_warn: dict[str, float] = {}
+        self._warnings: dict[str, RateLimitedLog] = {}
         cfg = config
         self._include = re.compile(cfg.includePattern)
         self._ignore = re.compile(cfg.ignorePattern)
         self.spool_dir = os.path.abspath(cfg.spoolDir)
         self.tracker_dir = os.path.join(self.spool_dir, cfg.trackerDir)
+        # The spool directory as the kernel names it (set at start): every file read
+        # must resolve inside it.
+        self._spool_real = os.path.realpath(self.spool_dir)
 
     def warn(self, kind: str, msg: str, *args: object) -> None:
         """Log a warning at most once per WARN_INTERVAL per kind (bad input is counted always)."""
-        now = time.monotonic()
-        if now - self._last_warn.get(kind, -WARN_INTERVAL) >= WARN_INTERVAL:
-            self._last_warn[kind] = now
-            log.warning(msg, *args)
+        limiter = self._warnings.get(kind)
+        if limiter is None:
+            limiter = self._warnings[kind] = RateLimitedLog(log, WARN_INTERVAL)
+        limiter.warn(msg, *args)
+
+    def _inside(self, real: str) -> bool:
+        """Whether a resolved path lies strictly inside the spool directory."""
+        root = self._spool_real
+        return real.startswith(root.rstrip(os.sep) + os.sep)
 
     async def start(self) -> None:
         self._prepare()
@@ -467,6 +241,7 @@ class SpoolDirectorySource(Source):
 
     def _prepare(self) -> None:
         """Check the directory, open the tracker. Raises ComponentStartError."""
+        self._spool_real = os.path.realpath(self.spool_dir)
         if not os.path.isdir(self.spool_dir):
             raise ComponentStartError(
                 f"Source {self.name}: spoolDir {self.spool_dir} is not a directory."
@@ -532,20 +307,35 @@ class SpoolDirectorySource(Source):
         return bool(self._include.fullmatch(name)) and not self._ignore.fullmatch(name)
 
     def _scan(self) -> list[str]:
-        """Eligible files in consume order. Runs in an executor."""
+        """Eligible files in consume order. Runs in an executor.
+
+        Symbolic links are never followed (neither to files nor to directories): they are
+        skipped and logged. Each directory is visited once (by device and inode), so a
+        loop made with bind mounts ends too.
+        """
         found: list[tuple[int, str]] = []
         tracker_real = os.path.realpath(self.tracker_dir)
         stack = [self.spool_dir]
-        while stack:
+        visited: set[tuple[int, int]] = set()
+        links: list[str] = []
+        while stack and not self._stopping.is_set():
             d = stack.pop()
             try:
+                st = os.stat(d, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in visited:
+                    continue
+                visited.add((st.st_dev, st.st_ino))
                 entries = list(os.scandir(d))
             except OSError as err:
                 self.warn("scan", "Source %s: cannot list %s: %s", self.name, d, err)
                 continue
             for e in entries:
                 try:
-                    if e.is_dir():
+                    if e.is_symlink():
+                        if not e.name.startswith("."):
+                            links.append(e.path)
+                        continue
+                    if e.is_dir(follow_symlinks=False):
                         if (
                             self.config.recursiveDirectorySearch
                             and not e.name.startswith(".")
@@ -554,16 +344,58 @@ class SpoolDirectorySource(Source):
                         ):
                             stack.append(e.path)
                         continue
-                    if e.is_file() and self._eligible(e.name) and e.path not in self._skip:
-                        found.append((e.stat().st_mtime_ns, e.path))
+                    if (
+                        e.is_file(follow_symlinks=False)
+                        and self._eligible(e.name)
+                        and e.path not in self._skip
+                    ):
+                        found.append((e.stat(follow_symlinks=False).st_mtime_ns, e.path))
                 except OSError:
                     continue  # vanished while listing
+        if links:
+            self.warn(
+                "symlink",
+                "Source %s: skipped %d symbolic link(s) in %s (links are never followed, "
+                "so the source cannot leave its directory), e.g. %s",
+                self.name,
+                len(links),
+                self.spool_dir,
+                links[0],
+            )
         order = self.config.consumeOrder
         if order == "random":
             random.shuffle(found)
         else:
             found.sort(key=lambda f: (-f[0] if order == "youngest" else f[0], f[1]))
         return [p for _, p in found]
+
+    def _open_inside(self, path: str) -> int | None:
+        """Open `path` for reading when it is a regular file inside the spool directory
+        (not through a symlink, at any level); None otherwise (logged, rate-limited)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            if os.path.islink(path):
+                self.warn("symlink", "Source %s: %s is a symbolic link; not read.", self.name, path)
+            return None  # gone, a link, or not readable yet
+        try:
+            st = os.fstat(fd)
+            real = _fd_path(fd, path)
+        except OSError:
+            os.close(fd)
+            return None
+        if not stat.S_ISREG(st.st_mode) or not self._inside(real):
+            os.close(fd)
+            self.warn(
+                "outside",
+                "Source %s: %s resolves to %s, outside %s (or not a regular file); not read.",
+                self.name,
+                path,
+                real,
+                self._spool_real,
+            )
+            return None
+        return fd
 
     async def _next_file(self) -> _Current | None:
         loop = asyncio.get_running_loop()
@@ -576,10 +408,9 @@ class SpoolDirectorySource(Source):
             path = self._queue.pop()
             if path in self._skip or not self._eligible(os.path.basename(path)):
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue  # gone, or not readable yet
+            fd = self._open_inside(path)
+            if fd is None:
+                continue
             st = os.fstat(fd)
             assert self._tracker is not None
             rec = self._tracker.record
@@ -663,8 +494,12 @@ class SpoolDirectorySource(Source):
     def _retire(self, cur: _Current) -> None:
         """At EOF: check the file is unchanged since pick-up, then rename or delete it."""
         assert self._tracker is not None
+        if not self._still_inside(cur):
+            self._skip.add(cur.path)
+            self._tracker.save(None)
+            return
         try:
-            st = os.stat(cur.path)
+            st = os.stat(cur.path, follow_symlinks=False)
         except OSError as e:
             log.error("Source %s: %s vanished while being read: %s", self.name, cur.path, e)
             self.counter.GenericProcessingFail += 1
@@ -713,12 +548,35 @@ class SpoolDirectorySource(Source):
             self._skip.add(cur.path)
         self._tracker.save(None)
 
+    def _still_inside(self, cur: _Current) -> bool:
+        """Whether `cur.path` still is a name inside the spool directory and no symlink:
+        a directory on the way swapped for a symlink since the file was read must not
+        make the rename or delete act outside. Logged when not."""
+        try:
+            parent = os.path.realpath(os.path.dirname(cur.path))
+            st = os.stat(cur.path, follow_symlinks=False)
+        except OSError:
+            return True  # gone: the caller reports it
+        if (parent == self._spool_real or self._inside(parent)) and not stat.S_ISLNK(st.st_mode):
+            return True
+        log.error(
+            "Source %s: %s no longer names the file that was read inside %s (a directory "
+            "on its path was replaced?); it is neither renamed nor deleted.",
+            self.name,
+            cur.path,
+            self._spool_real,
+        )
+        self.counter.GenericProcessingFail += 1
+        return False
+
     def _set_aside(self, cur: _Current, suffix: str, why: str, counter: str) -> None:
         """Report a file that could not be consumed cleanly and rename it out of the way."""
         assert self._tracker is not None
         setattr(self.counter, counter, getattr(self.counter, counter) + 1)
         dest = cur.path + suffix
         try:
+            if not self._still_inside(cur):
+                raise OSError("it no longer names the file read inside the spool directory")
             os.rename(cur.path, dest)
             where = f"renamed to {dest}"
         except OSError as e:

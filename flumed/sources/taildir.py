@@ -19,6 +19,10 @@ How it works, in one task:
   cheap rescan every `pollInterval` ms (stat of the directories, fstat of the open files).
 - A full channel keeps the position; the source backs off (growing, bounded) and offers
   the same lines again.
+- Symlinks: a file name that is a symbolic link is never followed (skipped, logged), files
+  are opened with O_NOFOLLOW, and a group's directory is resolved at start: if it later
+  resolves elsewhere (a directory on its path replaced by a symlink), the group is not
+  listed until it resolves back (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,24 +30,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import json
 import logging
 import os
 import re
 import resource
-import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from flumed._inotify import Inotify
 from flumed.config.keys import group_named, key, prefix
 from flumed.errors import ChannelError, ChannelFullError, ComponentStartError
 from flumed.event import Event
 from flumed.lifecycle import LifecycleState
+from flumed.logs import RateLimitedLog
 from flumed.sources.base import Source
 
 log = logging.getLogger("flumed.sources.taildir")
@@ -123,7 +125,13 @@ class TaildirConfig:
             if not isinstance(path, str) or not path.startswith("/"):
                 problems.append(f"filegroups.{name}: must be an absolute path, got {path!r}")
                 continue
-            rx = path.rpartition("/")[2]
+            d, _, rx = path.rpartition("/")
+            if any(part in (".", "..") for part in d.split("/")):
+                problems.append(
+                    f"filegroups.{name}: the directory {d!r} must not contain '.' or '..' "
+                    "components (write the directory it means)"
+                )
+                continue
             if not rx:
                 problems.append(f"filegroups.{name}: no file name pattern after the last '/'")
                 continue
@@ -143,123 +151,6 @@ class TaildirConfig:
             except re.error as e:
                 problems.append(f"key 'multiline.pattern': bad regex: {e}")
         return problems
-
-
-# ---------------------------------------------------------------------------------------
-# inotify (ctypes): wakes the source when something changes in a watched directory.
-
-_IN_MODIFY = 0x002
-_IN_ATTRIB = 0x004
-_IN_CLOSE_WRITE = 0x008
-_IN_MOVED_FROM = 0x040
-_IN_MOVED_TO = 0x080
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
-_IN_Q_OVERFLOW = 0x4000
-_IN_IGNORED = 0x8000
-_IN_NONBLOCK = 0o4000
-_IN_CLOEXEC = 0o2000000
-_WATCH_MASK = (
-    _IN_MODIFY
-    | _IN_ATTRIB
-    | _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_DELETE_SELF
-    | _IN_MOVE_SELF
-)
-_STRUCTURAL = _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
-_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED
-_HEADER = struct.Struct("iIII")
-
-
-class Inotify:
-    """Directory watches on one inotify descriptor, read by the event loop.
-
-    `on_change(directory, name, structural)` is called for each event (`name` empty
-    for the directory itself); `on_overflow()` when the kernel queue overflowed.
-    Raises OSError from `__init__` where inotify is not available.
-    """
-
-    def __init__(
-        self,
-        on_change: Callable[[str, str, bool], None],
-        on_overflow: Callable[[], None],
-    ) -> None:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name, use_errno=True)
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
-        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-        self.fd: int = fd
-        self._dirs: dict[int, str] = {}
-        self._wds: dict[str, int] = {}
-        self._on_change = on_change
-        self._on_overflow = on_overflow
-        self._loop = asyncio.get_running_loop()
-        self._armed = False
-
-    def watch(self, directory: str) -> bool:
-        """Watch `directory`; False if it cannot be watched (missing, no permission)."""
-        if directory in self._wds:
-            return True
-        wd = self._add(self.fd, os.fsencode(directory), _WATCH_MASK)
-        if wd < 0:
-            return False
-        self._wds[directory] = wd
-        self._dirs[wd] = directory
-        return True
-
-    def watching(self, directory: str) -> bool:
-        return directory in self._wds
-
-    def arm(self) -> None:
-        """Read events at the next loop turn they arrive. Disarmed after each read, so
-        that a busy writer's events coalesce in the kernel while the source is reading."""
-        if not self._armed:
-            self._armed = True
-            self._loop.add_reader(self.fd, self._read)
-
-    def _read(self) -> None:
-        self._loop.remove_reader(self.fd)
-        self._armed = False
-        try:
-            data = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        off = 0
-        while off + _HEADER.size <= len(data):
-            wd, mask, _cookie, length = _HEADER.unpack_from(data, off)
-            off += _HEADER.size
-            name = os.fsdecode(data[off : off + length].rstrip(b"\0"))
-            off += length
-            if mask & _IN_Q_OVERFLOW:
-                self._on_overflow()
-                continue
-            directory = self._dirs.get(wd)
-            if directory is None:
-                continue
-            if mask & _GONE and not name:
-                self._dirs.pop(wd, None)
-                self._wds.pop(directory, None)
-                if not mask & _IN_IGNORED:
-                    self._rm(self.fd, wd)
-            self._on_change(directory, name, bool(mask & (_STRUCTURAL | _GONE)))
-
-    def close(self) -> None:
-        if self._armed:
-            self._loop.remove_reader(self.fd)
-            self._armed = False
-        os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,11 +261,13 @@ def _write_file_atomic(path: str, data: bytes) -> None:
 
 
 class _Group:
-    __slots__ = ("directory", "listed_at", "matched", "mtime", "name", "regex")
+    __slots__ = ("directory", "listed_at", "matched", "mtime", "name", "real", "regex")
 
     def __init__(self, name: str, directory: str, regex: str) -> None:
         self.name = name
         self.directory = directory
+        #: Where the directory resolved to when first listed; it must stay there.
+        self.real: str | None = None
         self.regex = re.compile(regex)
         self.mtime = -1.0
         self.listed_at = -1.0
@@ -418,7 +311,7 @@ class TaildirSource(Source):
         #: Caught-up files beyond this many are closed (reopened when they grow), so that
         #: thousands of files fit under systemd's default soft limit of 1024 descriptors.
         self.max_open = max(16, soft // 2) if soft != resource.RLIM_INFINITY else 1 << 16
-        self._warned: dict[str, float] = {}
+        self._warned: dict[str, RateLimitedLog] = {}
         #: Loop turns and timed rescans, for tests that check the loop does not spin.
         self.passes = 0
         self.rescans = 0
@@ -615,14 +508,46 @@ class TaildirSource(Source):
             and now - mtime > DIR_MTIME_SLACK
         ):
             return
+        real = os.path.realpath(g.directory)
+        if g.real is None:
+            g.real = real
+        elif real != g.real:
+            self._warn(
+                "moved:" + g.directory,
+                "Source %s: filegroup %s: %s now resolves to %s, not %s as before (a "
+                "directory on its path was replaced by a symlink?); not listed until it "
+                "resolves back.",
+                self.name,
+                g.name,
+                g.directory,
+                real,
+                g.real,
+            )
+            g.matched = {}
+            g.mtime = -1.0
+            return
         matched = {}
+        links: list[str] = []
         try:
             with os.scandir(g.directory) as it:
                 for e in it:
-                    if g.regex.fullmatch(e.name) and e.is_file():
-                        matched[e.path] = e.inode()
+                    if g.regex.fullmatch(e.name):
+                        if e.is_symlink():
+                            links.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            matched[e.path] = e.inode()
         except OSError as e:
             log.warning("Source %s: cannot list %s: %s", self.name, g.directory, e)
+        if links:
+            self._warn(
+                "links:" + g.directory,
+                "Source %s: filegroup %s: skipped %d symbolic link(s) matching its pattern "
+                "(links are never followed), e.g. %s",
+                self.name,
+                g.name,
+                len(links),
+                links[0],
+            )
         g.matched = matched
         g.mtime = mtime
         g.listed_at = now
@@ -699,7 +624,7 @@ class TaildirSource(Source):
                 except OSError:
                     continue
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
                 except OSError:
                     continue
                 tf = TailFile(path, inode, pos, "")
@@ -752,15 +677,15 @@ class TaildirSource(Source):
     def _warn(self, key: str, msg: str, *args: object) -> None:
         """Log a warning about `key` at most once a minute (a broken file is retried at
         every pass)."""
-        now = time.monotonic()
-        if now - self._warned.get(key, -RATE_LIMIT) >= RATE_LIMIT:
-            self._warned[key] = now
-            log.warning(msg, *args)
+        limiter = self._warned.get(key)
+        if limiter is None:
+            limiter = self._warned[key] = RateLimitedLog(log, RATE_LIMIT)
+        limiter.warn(msg, *args)
 
     def _open(self, tf: TailFile) -> bool:
         """Open (or re-open after idle) `tf`; False if its path holds another file now."""
         try:
-            fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             self._relist.add(os.path.dirname(tf.path))
             return False

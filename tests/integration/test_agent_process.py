@@ -127,6 +127,43 @@ def test_bad_reload_is_refused_and_old_graph_runs(agent_factory, tmp_path):
     wait_until_sync(lambda: len(read_numbers(out)) == 100)
 
 
+def _with_source(text: str, name: str, body: str) -> str:
+    return text + f'\n[agents.a1.sources.{name}]\nchannels = ["c1"]\n{body}\n'
+
+
+def test_reload_errors_leave_the_graph_running_and_sigterm_drains(agent_factory, tmp_path):
+    """Issue 9 point 6: reloads that blow up (a type naming a non-component, a plugin whose
+    constructor or start() raises) are logged, change nothing running, later reloads work,
+    and SIGTERM still drains every acknowledged event."""
+    port = free_port()
+    out = tmp_path / "out.txt"
+    base = conf(port, out, delay=0.2, batch=100)
+    agent = agent_factory(base, extra_args=["--grace", "60"])
+    AckingSender(port).send_range(0, 3000)
+    assert agent.counter("CHANNEL.c1", "ChannelSize") > 0
+    bad = [
+        ('type = "flumed.sources.netcat:NetcatConfig"', "is not a Source"),
+        ('type = "tests.support.broken:BrokenInitSource"', "the running graph is unchanged"),
+        ('type = "tests.support.broken:BrokenStartSource"', "Reload incomplete"),
+    ]
+    for body, needle in bad:
+        agent.conf.write_text(_with_source(base, "r9", body))
+        agent.signal(signal.SIGHUP)
+        wait_until_sync(lambda needle=needle: needle in agent.log(), 30, needle)
+    # The original source still takes lines, and a valid reload works.
+    AckingSender(port).send_range(3000, 3100)
+    port2 = free_port()
+    agent.conf.write_text(
+        _with_source(base, "r2", f'type = "netcat"\nbind = "127.0.0.1"\nport = {port2}')
+    )
+    agent.signal(signal.SIGHUP)
+    wait_until_sync(lambda: "Source r2 listening" in agent.log(), 30, "the valid reload")
+    AckingSender(port2).send_range(3100, 3200)
+    assert agent.terminate() == 0
+    assert sorted(read_numbers(out)) == list(range(3200))
+    assert "Agent a1 stopped." in agent.log()
+
+
 def test_sighup_reload_under_load_loses_nothing(agent_factory, tmp_path):
     port = free_port()
     out = tmp_path / "out.txt"

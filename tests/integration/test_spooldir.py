@@ -324,3 +324,98 @@ a1.sinks.k1.channel = c1
     cfg = spec.sources["r1"].config
     assert cfg.kind == "AVRO" and cfg.schemaType == "LITERAL"
     assert cfg.deletePolicy == "immediate" and cfg.spoolDir == "/data/in"
+
+
+# -- hostile local files (issue 9, point 2) ------------------------------------------
+
+
+@on_uvloop
+async def test_symlinks_out_of_the_spool_directory_are_never_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A symlinked directory and a symlinked file pointing outside: nothing outside is read,
+    renamed or deleted (deletePolicy immediate, recursive search); the real file is."""
+    d = tmp_path / "spool"
+    d.mkdir()
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    write_lines(secret_dir / "shadow.log", 900, 910)
+    (secret_dir / "shadow.log").chmod(0o600)
+    write_lines(tmp_path / "passwd", 950, 960)
+    (d / "linkdir").symlink_to(secret_dir, target_is_directory=True)
+    (d / "linkfile.log").symlink_to(tmp_path / "passwd")
+    write_lines(d / "real.log", 0, 10)
+    cfg = conf(d, deletePolicy="immediate", recursiveDirectorySearch="true")
+    async with SourceHarness(SpoolDirectorySource, cfg) as h:
+        events = await h.events(10)
+        await wait_until(lambda: not (d / "real.log").exists(), what="real.log deleted")
+        # Several more listings pass: still nothing from outside.
+        scans = 0
+
+        async def listed_again() -> bool:
+            nonlocal scans
+            scans += 1
+            return scans > 3 and not await h.take(10, 0.05)
+
+        await wait_until(listed_again, 10, "later listings")
+    assert [e.body for e in events] == [b"line-%06d" % i for i in range(10)]
+    assert (secret_dir / "shadow.log").read_bytes().startswith(b"line-000900")
+    assert (tmp_path / "passwd").exists()
+    assert (d / "linkfile.log").is_symlink() and (d / "linkdir").is_symlink()
+    assert sorted(p.name for p in secret_dir.iterdir()) == ["shadow.log"]
+    assert "symbolic link" in caplog.text
+    # Rate-limited: one line for many listings.
+    assert caplog.text.count("skipped 2 symbolic link(s)") == 1
+
+
+@on_uvloop
+async def test_symlink_loops_cost_nothing_and_stop_is_prompt(tmp_path: Path) -> None:
+    """`a -> .` and `b -> .` with recursive search: the listing ends, the real file is
+    consumed and the source stops when asked (the attack burnt a core and ignored SIGTERM)."""
+    d = tmp_path / "spool"
+    (d / "sub").mkdir(parents=True)
+    (d / "a").symlink_to(".", target_is_directory=True)
+    (d / "b").symlink_to(".", target_is_directory=True)
+    (d / "sub" / "up").symlink_to("..", target_is_directory=True)
+    write_lines(d / "sub" / "real.log", 0, 50)
+    cfg = conf(d, recursiveDirectorySearch="true", pollDelay=10)
+    h = SourceHarness(SpoolDirectorySource, cfg)
+    async with h:
+        events = await h.events(50, timeout=10)
+        await wait_until(
+            lambda: (d / "sub" / "real.log.COMPLETED").exists(), 10, "real.log retired"
+        )
+    assert [e.body for e in events] == [b"line-%06d" % i for i in range(50)]
+    assert h.source._task is None  # stop() returned with its task ended
+
+
+def test_tracker_pointing_outside_is_not_resumed(tmp_path: Path) -> None:
+    """A tracker file edited to name a file outside the directory is not read from."""
+    import asyncio
+
+    d = tmp_path / "spool"
+    (d / ".flumespool").mkdir(parents=True)
+    outside = tmp_path / "outside.log"
+    write_lines(outside, 0, 5)
+    st = outside.stat()
+    (d / ".flumespool" / TRACKER_FILE).write_text(
+        json.dumps(
+            {
+                "path": str(outside),
+                "dev": st.st_dev,
+                "ino": st.st_ino,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "pos": 0,
+            }
+        )
+    )
+    write_lines(d / "in.log", 10, 15)
+
+    async def run() -> list[Event]:
+        async with SourceHarness(SpoolDirectorySource, conf(d)) as h:
+            return await h.events(5)
+
+    events = asyncio.run(run())
+    assert [e.body for e in events] == [b"line-%06d" % i for i in range(10, 15)]
+    assert outside.exists() and not Path(str(outside) + ".COMPLETED").exists()

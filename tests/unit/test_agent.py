@@ -93,3 +93,105 @@ async def test_reload_changing_only_a_sink_keeps_source_and_channel():
     assert agent.sinks["k1"] is not sink and agent.sinks["k1"].config.batchSize == 20
     assert set(agent.health().values()) == {"RUNNING"}
     await agent.stop()
+
+
+# -- plan_reload (pure) and reloads that fail ----------------------------------------
+
+
+def _spec(d: dict):
+    return build_agent(d, "a1", "t")
+
+
+def test_plan_reload_nothing_changed_stops_nothing():
+    from flumed.agent import plan_reload
+
+    p = plan_reload(_spec(doc()), _spec(copy.deepcopy(doc())))
+    assert (p.channels_restart, p.sources_stop, p.sinks_stop, p.runners_stop) == (
+        frozenset(),
+        frozenset(),
+        frozenset(),
+        frozenset(),
+    )
+
+
+def test_plan_reload_channel_change_restarts_its_source_sink_and_runner():
+    from flumed.agent import plan_reload
+
+    p = plan_reload(_spec(doc()), _spec(doc(capacity=200)))
+    assert p.channels_restart == {"c1"}
+    assert p.sources_stop == {"r1"} and p.sinks_stop == {"k1"} and p.runners_stop == {"k1"}
+
+
+def test_plan_reload_sink_change_keeps_source_and_channel():
+    from flumed.agent import plan_reload
+
+    p = plan_reload(_spec(doc()), _spec(doc(batch=20)))
+    assert p.channels_restart == set() and p.sources_stop == set()
+    assert p.sinks_stop == {"k1"} and p.runners_stop == {"k1"}
+
+
+def test_plan_reload_removed_and_grouped_components():
+    from flumed.agent import plan_reload
+
+    old = doc()
+    old["agents"]["a1"]["sinks"]["k2"] = {"type": "null", "channel": "c1"}
+    old["agents"]["a1"]["sinkgroups"] = {"g1": {"sinks": "k1 k2", "processor.type": "failover"}}
+    new = copy.deepcopy(old)
+    del new["agents"]["a1"]["sinkgroups"]
+    del new["agents"]["a1"]["sinks"]["k2"]
+    p = plan_reload(_spec(old), _spec(new))
+    assert p.sinks_stop == {"k2"} and p.runners_stop == {"g1"}
+    assert p.channels_restart == set() and p.sources_stop == set()
+
+
+async def test_reload_whose_component_cannot_be_built_changes_nothing():
+    from flumed.agent import ReloadError
+
+    agent = Agent(build_agent(doc(), "a1", "t"), grace=1)
+    await agent.start()
+    before = (dict(agent.sources), dict(agent.channels), dict(agent.sinks), dict(agent.runners))
+    bad = doc(capacity=200)  # the channel would restart ...
+    bad["agents"]["a1"]["sources"]["r2"] = {  # ... but a new source cannot be built
+        "type": "tests.support.broken:BrokenInitSource",
+        "channels": ["c1"],
+    }
+    try:
+        await agent.reload(build_agent(bad, "a1", "t"))
+        raise AssertionError("expected ReloadError")
+    except ReloadError as e:
+        assert "running graph is unchanged" in str(e)
+    assert (agent.sources, agent.channels, agent.sinks, agent.runners) == before
+    assert set(agent.health().values()) == {"RUNNING"}
+    # A later valid reload works.
+    await agent.reload(build_agent(doc(capacity=300), "a1", "t"))
+    assert agent.channels["c1"].capacity == 300
+    assert set(agent.health().values()) == {"RUNNING"}
+    await agent.stop()
+
+
+async def test_component_failing_at_start_is_retried_by_the_next_reload():
+    from flumed.errors import ComponentStartError
+
+    agent = Agent(build_agent(doc(), "a1", "t"), grace=1)
+    await agent.start()
+    bad = doc()
+    bad["agents"]["a1"]["sources"]["r2"] = {
+        "type": "tests.support.broken:BrokenStartSource",
+        "channels": ["c1"],
+    }
+    try:
+        await agent.reload(build_agent(bad, "a1", "t"))
+        raise AssertionError("expected ComponentStartError")
+    except ComponentStartError as e:
+        assert "source r2 failed to start" in str(e)
+    assert "r2" not in agent.sources and "r1" in agent.sources
+    good = doc()
+    good["agents"]["a1"]["sources"]["r2"] = {
+        "type": "seq",
+        "totalEvents": 0,
+        "channels": ["c1"],
+    }
+    await agent.reload(build_agent(good, "a1", "t"))
+    assert set(agent.sources) == {"r1", "r2"}
+    assert set(agent.health().values()) == {"RUNNING"}
+    await agent.stop()

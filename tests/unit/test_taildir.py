@@ -409,3 +409,56 @@ async def test_idle_file_closed_and_reopened(tmp_path):
         f.write(lines(10, 20))
     assert await t.bodies(20) == lines(0, 20).split()
     await t.stop()
+
+
+# -- hostile local files (issue 9, point 2) ------------------------------------------
+
+
+async def test_symlinks_matching_the_pattern_are_not_followed(tmp_path, caplog):
+    """A symlink named like a log file, pointing outside: never read, logged once."""
+    t = Tail(tmp_path, pollInterval=20)
+    secret = tmp_path / "secret"
+    secret.write_bytes(lines(0, 5, "secret"))
+    (t.dir / "evil.log").symlink_to(secret)
+    (t.dir / "a.log").write_bytes(lines(0, 10, "a"))
+    await t.start()
+    assert await t.bodies(10) == lines(0, 10, "a").split()
+    with secret.open("ab") as f:
+        f.write(lines(5, 10, "secret"))
+    rescans = t.src.rescans
+    await wait_until(lambda: t.src.rescans > rescans + 3, 10, "later rescans")
+    assert await t.take() == []
+    await t.stop()
+    assert all(not b.startswith(b"secret") for b in (e.body for e in t.taken))
+    assert str(t.dir / "evil.log") not in t.pos.read_text()
+    assert caplog.text.count("skipped 1 symbolic link(s)") == 1
+
+
+async def test_group_directory_swapped_for_a_symlink_is_not_listed(tmp_path, caplog):
+    """The group's directory replaced by a symlink to another directory after start:
+    the files there are not read; the real directory is again once it is back."""
+    app = tmp_path / "logs" / "app"
+    app.mkdir(parents=True)
+    (app / "a.log").write_bytes(lines(0, 3, "a"))
+    t = Tail(tmp_path, pollInterval=20, filegroups={"f1": f"{app}/.*\\.log"})
+    await t.start()
+    assert await t.bodies(3) == lines(0, 3, "a").split()
+    secret = tmp_path / "etc"
+    secret.mkdir()
+    (secret / "shadow.log").write_bytes(lines(0, 5, "secret"))
+    app.rename(tmp_path / "logs" / "app.real")
+    app.symlink_to(secret, target_is_directory=True)
+    await wait_until(lambda: "now resolves to" in caplog.text, 10, "the warning")
+    rescans = t.src.rescans
+    await wait_until(lambda: t.src.rescans > rescans + 3, 10, "later rescans")
+    assert await t.take() == []
+    app.unlink()
+    (tmp_path / "logs" / "app.real").rename(app)
+    (app / "b.log").write_bytes(lines(0, 2, "b"))
+    assert await t.bodies(5) == [*lines(0, 3, "a").split(), *lines(0, 2, "b").split()]
+    await t.stop()
+
+
+def test_filegroup_directory_with_dot_dot_is_refused():
+    with pytest.raises(ConfigError, match=r"filegroups.f1: the directory .* must not contain"):
+        parse(TaildirConfig, flatten({"filegroups": {"f1": "/var/log/../../etc/.*"}}), "r1")
