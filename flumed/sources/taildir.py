@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -457,8 +458,10 @@ class TaildirSource(Source):
         try:
             await loop.run_in_executor(self._executor, _write_file_atomic, self._pos_path, data)
             self._pos_written = data
+            self.clear_problem("positions")
         except OSError as e:
             log.error("Source %s: cannot write %s: %s", self.name, self._pos_path, e)
+            self.report_problem(f"cannot save positions to {self._pos_path}: {e}", "positions")
 
     def _write_positions(self) -> None:
         data = dump_positions(list(self._files.values()))
@@ -496,7 +499,14 @@ class TaildirSource(Source):
         """Refresh `g.matched` when the directory changed (or always, without the cache)."""
         try:
             mtime = os.stat(g.directory).st_mtime
-        except OSError:
+        except OSError as err:
+            # A directory that does not exist yet is waited for, as Flume does; one that
+            # cannot be read is a problem /health shows.
+            if err.errno == errno.ENOENT:
+                self.clear_problem("dir:" + g.directory)
+            else:
+                self.report_problem(f"cannot read directory {g.directory}: {err}",
+                                    "dir:" + g.directory)  # fmt: skip
             g.matched = {}
             g.mtime = -1.0
             return
@@ -536,8 +546,10 @@ class TaildirSource(Source):
                             links.append(e.path)
                         elif e.is_file(follow_symlinks=False):
                             matched[e.path] = e.inode()
+            self.clear_problem("dir:" + g.directory)
         except OSError as e:
             log.warning("Source %s: cannot list %s: %s", self.name, g.directory, e)
+            self.report_problem(f"cannot read directory {g.directory}: {e}", "dir:" + g.directory)
         if links:
             self._warn(
                 "links:" + g.directory,

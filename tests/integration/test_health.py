@@ -84,3 +84,45 @@ def test_health_reports_unreachable_collector_and_full_channel(agent_factory):
     )
     wait_until_sync(lambda: _get(mp, "/health")[0] == 200, what="/health back to 200")
     assert _get(mp, "/health")[1]["problems"] == []
+
+
+def test_health_reports_taildir_that_cannot_save_positions(agent_factory, tmp_path):
+    import subprocess
+
+    import pytest
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)],
+                       capture_output=True)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        (logs / "app.log").write_text("one\ntwo\n")
+        conf = f"""
+[agents.a1.sources.r1]
+type = "taildir"
+positionFile = "{ro / "pos.json"}"
+filegroups.f1 = "{logs}/.*log"
+writePosInterval = 100
+channels = ["c1"]
+[agents.a1.channels.c1]
+type = "memory"
+[agents.a1.sinks.k1]
+type = "null"
+channel = "c1"
+"""
+        agent = agent_factory(conf)
+
+        def reported() -> bool:
+            status, body = _get(agent.metrics_port, "/health")
+            return status == 503 and any(
+                p["component"] == "SOURCE.r1" and p["what"].startswith("cannot save positions")
+                for p in body["problems"]
+            )
+
+        wait_until_sync(reported, what="/health naming the position file")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
