@@ -143,6 +143,7 @@ class JMSSource(Source):
         self._buffer: list[Frame] = []
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
+        self._early: list[Frame] = []
 
     @property
     def prefetch(self) -> int:
@@ -179,8 +180,20 @@ class JMSSource(Source):
             headers["activemq.subscriptionName"] = cfg.durableSubscriptionName
             headers["durable"] = "true"
             headers["auto-delete"] = "false"
+        # With a receipt: the subscription is active at the broker when `_open` returns
+        # (a topic message published right after start is not missed).
+        headers["receipt"] = "flumed-subscribed"
         conn.send_frame("SUBSCRIBE", headers)
         await conn.drain()
+        early: list[Frame] = []
+        async with asyncio.timeout(30):
+            while True:
+                frame = await conn.read()
+                if frame.command == "RECEIPT":
+                    break
+                if frame.command == "MESSAGE":
+                    early.append(frame)  # delivered before the receipt: kept, in order
+        self._early = early
         return conn
 
     async def start(self) -> None:
@@ -236,7 +249,7 @@ class JMSSource(Source):
 
     async def _session(self, conn: StompConnection) -> None:
         cfg = self.config
-        self._buffer = []
+        self._buffer, self._early = self._early, []
         reader = asyncio.create_task(self._read_loop(conn), name=f"source-{self.name}-reader")
         try:
             while not self._stopping.is_set():
