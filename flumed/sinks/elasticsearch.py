@@ -30,7 +30,6 @@ off; items indexed before are indexed again (duplicates bounded by a batch; none
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -44,12 +43,12 @@ from flumed.config.keys import key, prefix
 from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.lifecycle import Backoff
-from flumed.sinks.base import BatchSink
 from flumed.sinks.httpclient import (
     DeadLetterFile,
     DeadLetterSinkCounter,
     HttpClient,
     HttpClientKeys,
+    HttpClientSink,
     event_record,
 )
 
@@ -360,7 +359,7 @@ def _escape(template: str, headers: dict[str, str]) -> str:
 _Entry = tuple[Event, str, str | None, bytes]
 
 
-class ElasticSearchSink(BatchSink):
+class ElasticSearchSink(HttpClientSink):
     """Bulk-indexes takes; see the module docstring for the per-item contract."""
 
     Config = ElasticSearchSinkConfig
@@ -382,7 +381,6 @@ class ElasticSearchSink(BatchSink):
         self._date = cfg.date_format()
         self._typeless: bool | None = None if cfg.indexType else True
         self._actions: dict[tuple[str, str], bytes] = {}
-        self._stopping = asyncio.Event()
         self.retry_backoff = Backoff(0.2, 5.0)
         if cfg.ttl:
             log.warning(
@@ -391,22 +389,6 @@ class ElasticSearchSink(BatchSink):
                 who,
                 cfg.ttl,
             )
-
-    async def start(self) -> None:
-        self._stopping.clear()
-        self._dead.open()
-        try:
-            await self._client.start()
-        except Exception:
-            self._dead.close()
-            raise
-        await super().start()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await self._client.close()
-        self._dead.close()
-        await super().stop()
 
     async def prepare(self) -> None:
         """Before the first take: ask the server's version (types went away in 7.0)."""

@@ -55,12 +55,12 @@ from flumed.config.keys import ignored, key, prefix
 from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.lifecycle import Backoff
-from flumed.sinks.base import BatchSink
 from flumed.sinks.httpclient import (
     DeadLetterFile,
     DeadLetterSinkCounter,
     HttpClient,
     HttpClientKeys,
+    HttpClientSink,
     Response,
     event_record,
 )
@@ -337,7 +337,7 @@ class _Rows:
         self.events: list[Event] = []
 
 
-class HBaseSink(BatchSink):
+class HBaseSink(HttpClientSink):
     """Puts takes through the HBase REST gateway; see the module docstring."""
 
     Config = HBaseSinkConfig
@@ -362,26 +362,9 @@ class HBaseSink(BatchSink):
             self._encode, ctype = cellset_json, "application/json"
         self._headers = {"Content-Type": ctype, "Accept": ctype}
         self._checked = False
-        self._stopping = asyncio.Event()
         self.retry_backoff = Backoff(0.2, 5.0)
         if cfg.async_keys:
             log.warning("%s: keys async.* are ignored (asynchbase client settings).", who)
-
-    async def start(self) -> None:
-        self._stopping.clear()
-        self._dead.open()
-        try:
-            await self._client.start()
-        except Exception:
-            self._dead.close()
-            raise
-        await super().start()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await self._client.close()
-        self._dead.close()
-        await super().stop()
 
     async def prepare(self) -> None:
         """Before the first take: the table and its column family must exist.

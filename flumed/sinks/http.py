@@ -32,7 +32,6 @@ committed without a request (as Flume).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -40,16 +39,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from flumed.config.keys import key, prefix
-from flumed.errors import ComponentStartError, DeliveryError
+from flumed.errors import DeliveryError
 from flumed.event import Event
 from flumed.lifecycle import Backoff
 from flumed.logs import RateLimitedLog
-from flumed.sinks.base import TAKE_TIMEOUT, BatchSink, Status
+from flumed.sinks.base import TAKE_TIMEOUT, Status
 from flumed.sinks.httpclient import (
     DeadLetterFile,
     DeadLetterSinkCounter,
     HttpClient,
     HttpClientKeys,
+    HttpClientSink,
     event_record,
 )
 from flumed.tap import HUB
@@ -149,7 +149,7 @@ def _escape(template: str, headers: dict[str, str]) -> str:
     return out.replace("\r", " ").replace("\n", " ") if "\r" in out or "\n" in out else out
 
 
-class HttpSink(BatchSink):
+class HttpSink(HttpClientSink):
     """Posts takes to `endpoint`; see the module docstring for what each answer does."""
 
     Config = HttpSinkConfig
@@ -172,26 +172,9 @@ class HttpSink(BatchSink):
             }[cfg.batch_format]
         )
         self._base_headers = {"Content-Type": content_type, "Accept": cfg.acceptHeader}
-        self._stopping = asyncio.Event()
         self._backoff = Backoff(1.0, 5.0)
         self._warn = RateLimitedLog(log)
         self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-    async def start(self) -> None:
-        self._stopping.clear()
-        self._dead.open()
-        try:
-            await self._client.start()
-        except ComponentStartError:
-            self._dead.close()
-            raise
-        await super().start()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await self._client.close()
-        self._dead.close()
-        await super().stop()
 
     def _headers(self, event: Event) -> dict[str, str]:
         extra = self.config.headers

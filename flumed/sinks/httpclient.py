@@ -32,6 +32,7 @@ from flumed.counters import SinkCounter
 from flumed.errors import ComponentStartError, DeliveryError
 from flumed.event import Event
 from flumed.logs import RateLimitedLog
+from flumed.sinks.base import BatchSink
 from flumed.tls import start_client_context
 
 log = logging.getLogger("flumed.sinks.http")
@@ -316,3 +317,35 @@ def _append(fd: int, data: bytes) -> None:
         n = os.write(fd, view)
         view = view[n:]
     os.fsync(fd)
+
+
+class HttpClientSink(BatchSink):
+    """Base of the sinks that write over HTTP (http, elasticsearch, hbase).
+
+    The subclass sets `_client` and `_dead` in its constructor; `start()` opens the
+    dead-letter file and the client (closing the file again when the client fails to
+    start), `stop()` sets `_stopping` (ends retry waits) and closes both.
+    """
+
+    _client: HttpClient
+    _dead: DeadLetterFile
+
+    def __init__(self, name: str, config: Any) -> None:
+        super().__init__(name, config)
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._dead.open()
+        try:
+            await self._client.start()
+        except BaseException:
+            self._dead.close()
+            raise
+        await super().start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._client.close()
+        self._dead.close()
+        await super().stop()
