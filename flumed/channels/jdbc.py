@@ -524,7 +524,8 @@ class JdbcChannel(Channel):
         self._size = 0
         self._counting: asyncio.Task[None] | None = None
         self._counted_at = 0.0
-        self._warn = RateLimitedLog(log)
+        self._warn_db = RateLimitedLog(log)
+        self._warn_count = RateLimitedLog(log)
         self.backend: _Backend
 
     def _wake(self) -> None:
@@ -536,7 +537,7 @@ class JdbcChannel(Channel):
         try:
             return await aw
         except _db_errors() as e:
-            self._warn.warn("Channel %s: database error: %s", self.name, e)
+            self._warn_db.warn("Channel %s: database error: %s", self.name, e)
             raise ChannelError(f"Channel {self.name}: database error: {e}") from e
 
     def transaction(self) -> JdbcTransaction:
@@ -568,7 +569,7 @@ class JdbcChannel(Channel):
         try:
             self._size = await self.backend.count()
         except _db_errors() as e:
-            self._warn.warn("Channel %s: counting events failed: %s", self.name, e)
+            self._warn_count.warn("Channel %s: counting events failed: %s", self.name, e)
 
     async def start(self) -> None:
         cfg = self.config

@@ -80,7 +80,9 @@ class AmqpSource(Source):
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connection: Any = None
-        self._warn = RateLimitedLog(log)
+        # One limiter per distinct warning: a flood of one must not hide another.
+        self._warn_refused = RateLimitedLog(log)
+        self._warn_ack = RateLimitedLog(log)
 
     async def start(self) -> None:
         cfg = self.config
@@ -137,7 +139,9 @@ class AmqpSource(Source):
         self.counter.AppendBatchReceivedCount += 1
 
         def refused(e: ChannelError, left: int) -> None:
-            self._warn.warn("Source %s: channel refused a batch, holding it: %s", self.name, e)
+            self._warn_refused.warn(
+                "Source %s: channel refused a batch, holding it: %s", self.name, e
+            )
 
         return await self.deliver(events, self._stopping, refused, max_backoff=1.0)
 
@@ -148,7 +152,7 @@ class AmqpSource(Source):
             # The connection dropped since delivery: the broker redelivers these messages
             # (already committed: bounded duplicates, never a loss).
             self.counter.GenericProcessingFail += 1
-            self._warn.warn("Source %s: acknowledging failed (will be redelivered): %s",
+            self._warn_ack.warn("Source %s: acknowledging failed (will be redelivered): %s",
                             self.name, e)  # fmt: skip
 
     async def stop(self) -> None:

@@ -139,7 +139,10 @@ class JMSSource(Source):
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: StompConnection | None = None
-        self._warn = RateLimitedLog(log)
+        # One limiter per distinct warning: a flood of one must not hide another.
+        self._warn_broker = RateLimitedLog(log)
+        self._warn_lost = RateLimitedLog(log)
+        self._warn_refused = RateLimitedLog(log)
         self._buffer: list[Frame] = []
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
@@ -219,14 +222,14 @@ class JMSSource(Source):
                     self.clear_problem("broker")
                 except (OSError, StompError, TimeoutError, ssl.SSLError) as e:
                     self.report_problem(f"cannot reach the broker: {e}", "broker")
-                    self._warn.warn("Source %s: cannot reach the broker: %s", self.name, e)
+                    self._warn_broker.warn("Source %s: cannot reach the broker: %s", self.name, e)
                     await backoff.wait(self._stopping)
                     continue
             try:
                 await self._session(self._conn)
             except (OSError, StompError, ssl.SSLError) as e:
                 self.counter.GenericProcessingFail += 1
-                self._warn.warn(
+                self._warn_lost.warn(
                     "Source %s: connection lost (%s); unacknowledged messages come back.",
                     self.name,
                     e,
@@ -287,7 +290,9 @@ class JMSSource(Source):
         self.counter.AppendBatchReceivedCount += 1
 
         def refused(e: ChannelError, left: int) -> None:
-            self._warn.warn("Source %s: channel refused a batch, holding it: %s", self.name, e)
+            self._warn_refused.warn(
+                "Source %s: channel refused a batch, holding it: %s", self.name, e
+            )
 
         return await self.deliver(events, self._stopping, refused)
 
